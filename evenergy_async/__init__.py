@@ -1,0 +1,1 @@
+"""Asyncio client for the ev.energy v2 API."""
