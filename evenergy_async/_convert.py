@@ -1,0 +1,414 @@
+"""The one cattrs converter: API JSON to models and models to API JSON.
+
+Decoding is strict about what the spec fixes (types, required fields, enums, country codes)
+and ignores fields it does not know, so a server that adds fields never breaks a client.
+Anything else raises InvalidResponse: no KeyError or TypeError escapes.
+
+User, Location and LatLong, decoded once per user of every stream, have hooks written by
+hand; the rarer models use hooks cattrs generates without detailed validation.
+
+Refs are bound to the client that decodes them: `decode` sets the resolver in a context
+variable for the duration of one (synchronous) conversion, and collects every expanded
+relation so the client can prime its resolve cache.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any, TypeVar, Union, get_args, get_origin
+
+import attrs
+import cattrs
+import cattrs.errors
+from cattrs.gen import make_dict_structure_fn
+from cattrs.preconf.orjson import make_converter
+
+from ._countries import COUNTRY_CODES
+from .errors import InvalidResponse
+from .models import (
+    UNSET,
+    EVSESite,
+    LatLong,
+    Location,
+    Price,
+    Supplier,
+    Tariff,
+    UnsetType,
+    User,
+)
+from .refs import Ref, Resolver
+
+T = TypeVar("T")
+
+__all__ = ["decode", "decode_list", "to_wire"]
+
+
+class _DecodeContext:
+    __slots__ = ("expanded", "resolver")
+
+    def __init__(self, resolver: Resolver | None) -> None:
+        self.resolver = resolver
+        self.expanded: list[Ref[Any]] = []
+
+
+_context: contextvars.ContextVar[_DecodeContext] = contextvars.ContextVar("evenergy_decode")
+
+
+class _Invalid(Exception):
+    """Raised inside hooks; `decode` turns it into InvalidResponse with the model's name."""
+
+
+def _fail(what: str, value: object) -> _Invalid:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return _Invalid(f"{what}: unexpected {shown}")
+
+
+# --- primitives ------------------------------------------------------------------------------
+
+
+def _str(value: Any, _: Any = None) -> str:
+    if type(value) is not str:
+        raise _fail("expected a string", value)
+    return value
+
+
+def _int(value: Any, _: Any = None) -> int:
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    raise _fail("expected an integer", value)
+
+
+def _float(value: Any, _: Any = None) -> float:
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    raise _fail("expected a number", value)
+
+
+def _bool(value: Any, _: Any = None) -> bool:
+    if type(value) is not bool:
+        raise _fail("expected a boolean", value)
+    return value
+
+
+if sys.version_info >= (3, 11):
+
+    def _datetime(value: Any, _: Any = None) -> datetime:
+        try:
+            return datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            raise _fail("expected an ISO 8601 date-time", value) from None
+
+else:  # 3.10's fromisoformat does not read a trailing "Z"
+
+    def _datetime(value: Any, _: Any = None) -> datetime:
+        try:
+            if value[-1:] == "Z":
+                value = value[:-1] + "+00:00"
+            return datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            raise _fail("expected an ISO 8601 date-time", value) from None
+
+
+def _date(value: Any, _: Any = None) -> date:
+    try:
+        return date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise _fail("expected an ISO 8601 date", value) from None
+
+
+def _mapping(value: Any, _: Any = None) -> Mapping[str, Any]:
+    if type(value) is not dict:
+        raise _fail("expected an object", value)
+    return value
+
+
+def _country(value: Any) -> str | None:
+    if value is None or value in COUNTRY_CODES:
+        return value  # type: ignore[no-any-return]
+    raise _fail("expected an ISO 3166-1 alpha-2 country code", value)
+
+
+# --- refs ------------------------------------------------------------------------------------
+
+
+def _ref(value: Any, target: Any) -> Ref[Any]:
+    """A URL, or an expanded object (with its own `url`) decoded as `target`."""
+    ctx = _context.get()
+    if type(value) is str:
+        return Ref(value, resolver=ctx.resolver)
+    if type(value) is dict:
+        url = value.get("url")
+        if type(url) is not str:
+            raise _fail("expanded relation without a url", value)
+        decoded = value if target is Any else converter.structure(value, target)
+        ref: Ref[Any] = Ref(url, decoded, ctx.resolver)
+        ctx.expanded.append(ref)
+        return ref
+    raise _fail("expected a URL or an expanded object", value)
+
+
+def _ref_tuple(value: Any) -> tuple[Ref[Any], ...]:
+    if type(value) is not list:
+        raise _fail("expected an array of URLs", value)
+    resolver = _context.get().resolver
+    for url in value:
+        if type(url) is not str:
+            raise _fail("expected a URL", url)
+    return tuple([Ref(url, resolver=resolver) for url in value])
+
+
+# --- hot models, by hand ---------------------------------------------------------------------
+
+
+def _opt_str(data: dict[str, Any], key: str) -> Any:
+    value = data.get(key, UNSET)
+    if value is UNSET or value is None or type(value) is str:
+        return value
+    raise _fail(f"{key}: expected a string or null", value)
+
+
+def _lat_long(value: Any, _: Any = None) -> LatLong:
+    if type(value) is not dict:
+        raise _fail("coordinates: expected an object", value)
+    try:
+        return LatLong(_float(value["latitude"]), _float(value["longitude"]))
+    except KeyError as exc:
+        raise _Invalid(f"coordinates: missing {exc}") from None
+
+
+def _location(data: Any, _: Any = None) -> Location:
+    if type(data) is not dict:
+        raise _fail("default_location: expected an object", data)
+    coordinates = data.get("coordinates", UNSET)
+    if coordinates is not UNSET and coordinates is not None:
+        coordinates = _lat_long(coordinates)
+    tariff = data.get("tariff", UNSET)
+    if tariff is not UNSET and tariff is not None:
+        tariff = _ref(tariff, Tariff)
+    site = data.get("evse_site", UNSET)
+    if site is not UNSET and site is not None:
+        site = _ref(site, EVSESite)
+    country = data.get("country_code", UNSET)
+    if country is not UNSET:
+        country = _country(country)
+    carbon = data.get("current_carbon_intensity_grams_per_kilowatt_hour", UNSET)
+    if carbon is not UNSET and carbon is not None:
+        carbon = _int(carbon)
+    return Location(
+        address_1=_opt_str(data, "address_1"),
+        address_2=_opt_str(data, "address_2"),
+        postal_code=_opt_str(data, "postal_code"),
+        country_code=country,
+        coordinates=coordinates,
+        tariff=tariff,
+        city=_opt_str(data, "city"),
+        state=_opt_str(data, "state"),
+        evse_site=site,
+        current_carbon_intensity_grams_per_kilowatt_hour=carbon,
+    )
+
+
+def _user(data: Any, _: Any = None) -> User:
+    if type(data) is not dict:
+        raise _fail("expected a User object", data)
+    try:
+        user_id = data["id"]
+        url = data["url"]
+    except KeyError as exc:
+        raise _Invalid(f"User without {exc}") from None
+    if type(user_id) is not str or type(url) is not str:
+        raise _fail("User id and url must be strings", (user_id, url))
+    email = data.get("email", UNSET)
+    if email is not UNSET and type(email) is not str:
+        raise _fail("email: expected a string", email)
+    full_name = data.get("full_name", UNSET)
+    if full_name is not UNSET and type(full_name) is not str:
+        raise _fail("full_name: expected a string", full_name)
+    joined_at = data.get("joined_at", UNSET)
+    if joined_at is not UNSET:
+        joined_at = _datetime(joined_at)
+    consent = data.get("terms_consent_datetime", UNSET)
+    if consent is not UNSET and consent is not None:
+        consent = _datetime(consent)
+    location = data.get("default_location", UNSET)
+    if location is not UNSET:
+        location = _location(location)
+    vehicles = data.get("vehicles")
+    evses = data.get("evses")
+    return User(
+        id=user_id,
+        url=url,
+        email=email,
+        full_name=full_name,
+        joined_at=joined_at,
+        terms_consent_datetime=consent,
+        default_location=location,
+        vehicles=_ref_tuple(vehicles) if vehicles else (),
+        evses=_ref_tuple(evses) if evses else (),
+    )
+
+
+# --- the converter ---------------------------------------------------------------------------
+
+converter = make_converter(detailed_validation=False, forbid_extra_keys=False)
+
+for _type, _hook in (
+    (str, _str),
+    (int, _int),
+    (float, _float),
+    (bool, _bool),
+    (datetime, _datetime),
+    (date, _date),
+    (LatLong, _lat_long),
+    (Location, _location),
+    (User, _user),
+):
+    converter.register_structure_hook(_type, _hook)
+converter.register_structure_hook_func(
+    lambda t: t is Mapping[str, Any] or t == typing.Mapping[str, Any], _mapping
+)
+
+
+def _is_ref(t: Any) -> bool:
+    return get_origin(t) is Ref or t is Ref
+
+
+converter.register_structure_hook_func(
+    _is_ref, lambda value, t: _ref(value, (get_args(t) or (Any,))[0])
+)
+converter.register_structure_hook_func(
+    lambda t: t == tuple[Ref[Any], ...], lambda value, _: _ref_tuple(value)
+)
+
+
+def _prices(value: Any, _: Any) -> Ref[Any] | tuple[Price, ...]:
+    """TariffDetail.prices: the price list's URL, or the prices themselves when expanded."""
+    if type(value) is str:
+        return _ref(value, Any)
+    if type(value) is list:
+        return tuple([converter.structure(item, Price) for item in value])
+    raise _fail("prices: expected a URL or an array", value)
+
+
+def _is_union(t: Any) -> bool:
+    return get_origin(t) in (Union, types.UnionType)
+
+
+def _union_hook(t: Any) -> Any:
+    """Optional fields: UNSET never comes off the wire and None passes as the API's null."""
+    members = [a for a in get_args(t) if a is not UnsetType and a is not type(None)]
+    nullable = type(None) in get_args(t)
+    if len(members) == 1:
+        inner = converter.get_structure_hook(members[0])
+        target = members[0]
+
+        def structure(value: Any, _: Any) -> Any:
+            if value is None:
+                if nullable:
+                    return None
+                raise _fail("unexpected null", value)
+            return inner(value, target)
+
+        return structure
+    if set(members) == {Ref[Any], tuple[Price, ...]}:
+        return lambda value, _: None if value is None else _prices(value, t)
+    raise TypeError(f"no structure hook for {t}")  # a model field nobody taught us to read
+
+
+converter.register_structure_hook_factory(_is_union, _union_hook)
+
+for _model in (Supplier, Price, Tariff, EVSESite):
+    converter.register_structure_hook(
+        _model, make_dict_structure_fn(_model, converter, _cattrs_detailed_validation=False)
+    )
+
+
+# What a hook may raise on data it cannot read; `decode` reports each as InvalidResponse.
+_DECODE_ERRORS = (
+    _Invalid,
+    cattrs.errors.CattrsError,
+    cattrs.BaseValidationError,
+    KeyError,
+    TypeError,
+    ValueError,
+    AttributeError,
+)
+
+
+def decode(data: Any, cls: type[T], resolver: Resolver | None) -> tuple[T, list[Ref[Any]]]:
+    """One resource; also returns the relations that arrived expanded."""
+    ctx = _DecodeContext(resolver)
+    token = _context.set(ctx)
+    try:
+        return converter.structure(data, cls), ctx.expanded
+    except _DECODE_ERRORS as exc:
+        raise InvalidResponse(f"cannot decode {cls.__name__}: {_reason(exc)}") from None
+    finally:
+        _context.reset(token)
+
+
+def decode_list(
+    data: Any, cls: type[T], resolver: Resolver | None
+) -> tuple[list[T], list[Ref[Any]]]:
+    """A list body (a JSON array of `cls`); also returns the relations that arrived expanded."""
+    if type(data) is not list:
+        raise InvalidResponse(f"expected a JSON array of {cls.__name__}, got {type(data).__name__}")
+    ctx = _DecodeContext(resolver)
+    token = _context.set(ctx)
+    try:
+        if cls is User:
+            items: list[Any] = [_user(item) for item in data]
+        else:
+            structure = converter.get_structure_hook(cls)
+            items = [structure(item, cls) for item in data]
+        return items, ctx.expanded
+    except _DECODE_ERRORS as exc:
+        raise InvalidResponse(f"cannot decode {cls.__name__} list: {_reason(exc)}") from None
+    finally:
+        _context.reset(token)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing field {exc}"
+    if isinstance(exc, cattrs.BaseValidationError):
+        return "; ".join(str(e) for e in exc.exceptions) or str(exc)
+    return str(exc)
+
+
+# --- to the wire (request bodies) ------------------------------------------------------------
+
+
+def _location_to_wire(location: Location) -> dict[str, Any]:
+    """Only the fields that were set: absent means "leave unchanged", None means "clear"."""
+    wire: dict[str, Any] = {}
+    for field in attrs.fields(Location):
+        value = getattr(location, field.name)
+        if value is not UNSET:
+            wire[field.name] = converter.unstructure(value)
+    return wire
+
+
+converter.register_unstructure_hook(Location, _location_to_wire)
+converter.register_unstructure_hook(
+    LatLong, lambda c: {"latitude": c.latitude, "longitude": c.longitude}
+)
+converter.register_unstructure_hook_func(_is_ref, lambda ref: ref.url)
+for _model in (Tariff, Supplier, EVSESite):
+    converter.register_unstructure_hook(_model, lambda model: model.url)
+
+
+def to_wire(value: Any) -> Any:
+    """A request value (Location, LatLong, Ref, plain data) as JSON-ready data."""
+    return converter.unstructure(value)

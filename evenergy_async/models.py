@@ -1,0 +1,189 @@
+"""The API's resources as frozen, slotted attrs classes. No I/O, no wire rules.
+
+Field names are the API's.  A field the server did not send is `UNSET`; `None` is the API's
+null.  Decoding and encoding live in `_convert` (responses) and `_validate` (requests).
+Relations given by URL are `Ref`s; with ``expand=`` they arrive resolved.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any, Generic, Literal, TypeVar
+
+import attrs
+
+from ._sansio import parse_count, retry_after
+from .refs import Ref
+
+__all__ = [
+    "UNSET",
+    "EVSESite",
+    "LatLong",
+    "Location",
+    "Page",
+    "Price",
+    "RateLimit",
+    "Supplier",
+    "Tariff",
+    "TariffType",
+    "UnsetType",
+    "User",
+]
+
+T = TypeVar("T")
+
+
+class UnsetType(enum.Enum):
+    """The type of `UNSET`: "not sent" in a response, "leave unchanged" in a request."""
+
+    UNSET = "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = UnsetType.UNSET
+
+TariffType = Literal[
+    "FLAT_RATE", "DUAL_RATE", "THREE_RATE", "DYNAMIC", "EXTERNALLY_MANAGED", "OTHER"
+]
+
+
+@attrs.frozen
+class LatLong:
+    latitude: float
+    longitude: float
+
+
+@attrs.frozen(kw_only=True)
+class Location:
+    """A charging location.  Built by a caller, unset fields are left out of the request.
+
+    `current_carbon_intensity_grams_per_kilowatt_hour` is served for a single user only
+    (the spec's LocationDetail); lists leave it `UNSET`.
+    """
+
+    address_1: str | UnsetType | None = UNSET
+    address_2: str | UnsetType | None = UNSET
+    postal_code: str | UnsetType | None = UNSET
+    country_code: str | UnsetType | None = UNSET
+    coordinates: LatLong | UnsetType | None = UNSET
+    tariff: Ref[Tariff] | UnsetType | None = UNSET
+    city: str | UnsetType | None = UNSET
+    state: str | UnsetType | None = UNSET
+    evse_site: Ref[EVSESite] | UnsetType | None = UNSET
+    current_carbon_intensity_grams_per_kilowatt_hour: int | UnsetType | None = UNSET
+
+
+@attrs.frozen(kw_only=True)
+class User:
+    id: str
+    url: str
+    email: str | UnsetType = UNSET
+    full_name: str | UnsetType = UNSET
+    joined_at: datetime | UnsetType = UNSET
+    terms_consent_datetime: datetime | UnsetType | None = UNSET
+    default_location: Location | UnsetType = UNSET
+    vehicles: tuple[Ref[Any], ...] = ()
+    evses: tuple[Ref[Any], ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Supplier:
+    id: str
+    url: str
+    name: str
+    icon: str | None
+    highlighted: bool | UnsetType = UNSET
+
+
+@attrs.frozen(kw_only=True)
+class Price:
+    started_at: datetime
+    interval_seconds: int
+    price_minor_units: int
+
+
+@attrs.frozen(kw_only=True)
+class Tariff:
+    """A tariff; `current_price` and `prices` come with a single tariff (TariffDetail).
+
+    `daily_prices` keeps the API's shape: ``{"peak": {"price": "0.30", "times": [...]}, ...}``.
+    `prices` is a Ref to the tariff's price list, or the prices themselves when expanded.
+    """
+
+    id: str
+    url: str
+    supplier: Ref[Supplier]
+    name: str
+    currency: str
+    highlighted: bool | UnsetType = UNSET
+    type: TariffType | UnsetType = UNSET
+    daily_prices: Mapping[str, Any] | UnsetType = UNSET
+    timezone_name: str | UnsetType = UNSET
+    price_chart_url: str | UnsetType | None = UNSET
+    gsp_group: str | UnsetType | None = UNSET
+    valid_from: date | UnsetType = UNSET
+    valid_until: date | UnsetType | None = UNSET
+    scheduler_tariff: Ref[Tariff] | UnsetType | None = UNSET
+    current_price: int | UnsetType | None = UNSET
+    prices: Ref[Any] | tuple[Price, ...] | UnsetType | None = UNSET
+
+
+@attrs.frozen(kw_only=True)
+class EVSESite:
+    id: str
+    url: str
+    evses: tuple[Ref[Any], ...]
+    cpms_connection: Literal["CHARGEPOINT", "SWTCH"] | None
+    cpms_connection_display_name: str | UnsetType | None = UNSET
+    user_connected: bool | UnsetType | None = UNSET
+
+
+@attrs.frozen
+class Page(Generic[T]):
+    """One page of a list: its items and where the neighbouring pages are.
+
+    `next_cursor` is the ``page_after`` value of the next page (cursor-paged collections),
+    to resume a stream later with ``list(page_after=...)``.
+    """
+
+    items: list[T]
+    next_url: str | None
+    next_cursor: str | None
+    previous_url: str | None = None
+
+
+@attrs.frozen
+class RateLimit:
+    """The rate-limit state the latest response reported.
+
+    `limit` is the budget per rolling window, `remaining` what is left of it, `retry_after`
+    the seconds to wait (429 responses only).  Each is None when the header was absent or
+    unreadable.
+    """
+
+    limit: int | None
+    remaining: int | None
+    retry_after: float | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], now: float) -> RateLimit | None:
+        """The snapshot in a response's headers, or None if it carries no rate-limit header.
+
+        `headers` must look names up case-insensitively; `now` is seconds since the epoch
+        (for an HTTP-date Retry-After).
+        """
+        limit = parse_count(headers.get("X-RateLimit-Limit"))
+        remaining = parse_count(headers.get("X-RateLimit-Remaining"))
+        wait = retry_after(headers, now)
+        if limit is None and remaining is None and wait is None:
+            return None
+        if limit is not None and remaining is not None and remaining > limit:
+            remaining = limit
+        return cls(limit, remaining, wait)

@@ -1,0 +1,96 @@
+"""What every collection shares: fetching one resource, and streaming pages along `Link`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from yarl import URL
+
+from .. import _sansio
+from .._convert import decode, decode_list
+from .._session import Response, merge_params
+from ..errors import EvEnergyError
+from ..models import Page
+
+if TYPE_CHECKING:
+    from ..client import Client
+
+T = TypeVar("T")
+
+__all__ = ["Collection"]
+
+
+class Collection:
+    """Base of `client.users`, `client.tariffs`, ...: bound to one client (or view)."""
+
+    path = ""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def _url(self, *segments: str) -> URL:
+        url = self._client._base_url / self.path
+        for segment in segments:
+            url = url / segment
+        return url
+
+    async def _get(self, url: URL, cls: type[T], params: Mapping[str, Any] | None = None) -> T:
+        response = await self._client._request("GET", merge_params(url, params or {}))
+        return self._decode(response, cls)
+
+    def _decode(self, response: Response, cls: type[T]) -> T:
+        client = self._client
+        value, expanded = decode(_sansio.decode_json(response.body), cls, client)
+        client._remember(expanded)
+        return value
+
+    async def _pages(
+        self, url: URL, cls: type[T], params: Mapping[str, Any], cursor: str | None = None
+    ) -> AsyncGenerator[Page[T], None]:
+        """Every page from `url` on, following ``Link: rel="next"`` (RFC 8288).
+
+        The next page's request is sent before the current page is decoded, so the network and
+        the decoder work at the same time; at most one page is fetched ahead.  A failure that
+        ends the stream carries ``resume_cursor``: the ``page_after`` to continue from.
+        """
+        client = self._client
+        next_url: URL | None = merge_params(url, params)
+        fetch: asyncio.Task[Response] | None = None
+        try:
+            while next_url is not None:
+                if fetch is None:
+                    fetch = asyncio.ensure_future(client._request("GET", next_url))
+                try:
+                    response = await fetch
+                except EvEnergyError as exc:
+                    exc.resume_cursor = cursor
+                    raise
+                fetch = None
+                links = _sansio.links_by_rel(response.headers.get("Link"))
+                following = links.get("next")
+                next_url = None
+                if following is not None:
+                    next_url = client._session.check_origin(
+                        response.url.join(URL(following)), "Link URL"
+                    )
+                    fetch = asyncio.ensure_future(client._request("GET", next_url))
+                    await asyncio.sleep(0)  # let it be sent before decoding this page
+                items, expanded = decode_list(_sansio.decode_json(response.body), cls, client)
+                client._remember(expanded)
+                next_cursor = next_url.query.get("page_after") if next_url is not None else None
+                previous = links.get("previous")
+                yield Page(items, str(next_url) if next_url else None, next_cursor, previous)
+                if next_cursor is not None:
+                    cursor = next_cursor
+        except EvEnergyError as exc:
+            if exc.resume_cursor is None:
+                exc.resume_cursor = cursor
+            raise
+        finally:
+            if fetch is not None:
+                fetch.cancel()
+                with contextlib.suppress(BaseException):
+                    await fetch
