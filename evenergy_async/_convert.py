@@ -254,8 +254,8 @@ def _user(data: Any, _: Any = None) -> User:
         joined_at=joined_at,
         terms_consent_datetime=consent,
         default_location=location,
-        vehicles=_ref_tuple(vehicles) if vehicles else (),
-        evses=_ref_tuple(evses) if evses else (),
+        vehicles=_ref_tuple(vehicles) if vehicles is not None else (),
+        evses=_ref_tuple(evses) if evses is not None else (),
     )
 
 
@@ -343,6 +343,7 @@ _DECODE_ERRORS = (
     TypeError,
     ValueError,
     AttributeError,
+    RecursionError,  # expansions nested deeper than any the API makes
 )
 
 

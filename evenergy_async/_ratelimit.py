@@ -38,21 +38,31 @@ Ticket = int
 
 
 class WindowState:
-    """What the server's rolling window holds, as far as this client can tell."""
+    """What the server's rolling window holds, as far as this client can tell.
+
+    Own requests are exact: each holds a token from its grant until its response time +
+    window.  Others' spending is estimated from the freshest response's ``remaining`` and
+    assumed to hold for a whole window; when only that estimate stands in the way, a single
+    probe request every `window` / 20 asks the server again instead of waiting it out.  Until
+    the first response, and again after a 429, requests go one at a time: the next response
+    says how much room there really is.
+    """
 
     def __init__(self, window: float) -> None:
         if not (isinstance(window, int | float) and math.isfinite(window) and window > 0):
             raise ValueError(f"rate_limit_window must be a positive number of seconds: {window!r}")
         self.window = float(window)
-        self.limit: int | None = None
-        self.learned = False  # a response has told us the limit, or that there is none
+        self.probe_every = self.window / 20
+        self.limit: int | None = None  # None: not known yet, or the server sends none
         self.blocked_until = 0.0
+        self._need_probe = True  # no fresh view of the server's window
         self._next_ticket = 0
         self._in_flight: dict[Ticket, float] = {}  # ticket -> when granted
         self._done: collections.deque[float] = collections.deque()  # response times, ascending
         # Requests of other consumers of the budget, from the freshest response's headers.
         self._others = 0
         self._others_until = 0.0
+        self._observed_at = -math.inf
         self._observed_ticket = -1
 
     # --- counting ---
@@ -63,11 +73,17 @@ class WindowState:
         while done and done[0] <= cutoff:
             done.popleft()
 
-    def used(self, now: float) -> int:
-        """Requests the server may hold in its window at `now`."""
+    def own(self, now: float) -> int:
+        """Own requests the server may hold in its window at `now`."""
         self._expire(now)
-        others = self._others if now < self._others_until else 0
-        return len(self._in_flight) + len(self._done) + others
+        return len(self._in_flight) + len(self._done)
+
+    def others(self, now: float) -> int:
+        return self._others if now < self._others_until else 0
+
+    def used(self, now: float) -> int:
+        """Requests the server may hold in its window at `now`, own and others'."""
+        return self.own(now) + self.others(now)
 
     def in_flight(self) -> int:
         return len(self._in_flight)
@@ -78,75 +94,81 @@ class WindowState:
         """A ticket if a request sent at `now` will be accepted, else None."""
         if now < self.blocked_until:
             return None
-        if not self.learned:
-            if self._in_flight:  # one request at a time until a response tells the budget
+        if self._need_probe or (self.limit is not None and self.used(now) >= self.limit):
+            if self._in_flight or not self._may_probe(now):
                 return None
-        elif self.limit is not None and self.used(now) >= self.limit:
-            return None
         ticket = self._next_ticket
         self._next_ticket += 1
         self._in_flight[ticket] = now
         return ticket
 
+    def _may_probe(self, now: float) -> bool:
+        if self._need_probe:
+            return True
+        # Full by the estimate of others' spending alone, which may be stale: ask again.
+        assert self.limit is not None
+        return self.own(now) < self.limit and now >= self._observed_at + self.probe_every
+
     def next_change(self, now: float) -> float | None:
         """When `try_acquire` may next succeed without a response arriving; None: only then."""
         if now < self.blocked_until:
             return self.blocked_until
-        if not self.learned or self.limit is None:
+        if self._need_probe or self.limit is None:
             return None
         self._expire(now)
         candidates = []
         if self._done:
             candidates.append(self._done[0] + self.window)
-        if self._others and now < self._others_until:
+        if self.others(now):
             candidates.append(self._others_until)
+            if not self._in_flight and self.own(now) < self.limit:
+                candidates.append(self._observed_at + self.probe_every)
         return min(candidates) if candidates else None
 
     def estimate_wait(self, now: float, ahead: int) -> float:
         """Seconds until a request behind `ahead` waiting ones may go, assuming every request in
         flight is answered now.  Used to refuse waits longer than a caller allows."""
         blocked = max(0.0, self.blocked_until - now)
-        if not self.learned or self.limit is None:
+        if self.limit is None:
             return blocked
         excess = self.used(now) + ahead + 1 - self.limit
         if excess <= 0:
             return blocked
         expiries = [t + self.window for t in self._done]
         expiries.extend([now + self.window] * len(self._in_flight))
-        if self._others and now < self._others_until:
-            expiries.extend([self._others_until] * self._others)
+        expiries.extend([self._others_until] * self.others(now))
         expiries.sort()
-        if excess > len(expiries):
-            return math.inf
-        return max(blocked, expiries[excess - 1] - now)
+        if not expiries:
+            return math.inf  # nothing of ours to come back and others' spending unknown
+        # Every token handed out comes back a window later, so the queue moves a full turn of
+        # `len(expiries)` requests per window.
+        turns, index = divmod(excess - 1, len(expiries))
+        return max(blocked, expiries[index] + turns * self.window - now)
 
     # --- learning ---
 
     def on_response(self, ticket: Ticket, now: float, rate: RateLimit | None, status: int) -> None:
         """A response to `ticket` arrived at `now` carrying the headers in `rate`."""
-        granted = self._in_flight.pop(ticket, None)
-        if granted is not None:
+        if self._in_flight.pop(ticket, None) is not None:
             self._done.append(now)
-        self.learned = True
         if rate is not None and rate.limit is not None:
             self.limit = rate.limit
         if status == 429:
             wait = rate.retry_after if rate is not None else None
-            if wait is None:
-                following = self.next_change(now)
-                wait = following - now if following is not None else 1.0
+            if wait is None:  # no Retry-After: until one of our own tokens returns
+                wait = self._done[0] + self.window - now if self._done else self.probe_every
             self.blocked_until = max(self.blocked_until, now + wait)
-        if self.limit is None or ticket < self._observed_ticket:
-            return  # an older answer than one already learned from
-        remaining = rate.remaining if rate is not None else None
-        if status == 429:
-            remaining = 0
-        if remaining is None:
+            self._need_probe = True
             return
+        self._need_probe = False
+        remaining = rate.remaining if rate is not None else None
+        if self.limit is None or remaining is None or ticket < self._observed_ticket:
+            return  # nothing to learn, or an older answer than one already learned from
         self._observed_ticket = ticket
+        self._observed_at = now
         # The server counted our requests sent before this one; later ones may not have arrived.
         later = sum(1 for t in self._in_flight if t > ticket)
-        ours = self.used(now) - later - (self._others if now < self._others_until else 0)
+        ours = self.own(now) - later
         self._others = max(0, self.limit - remaining - ours)
         self._others_until = now + self.window
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import APIError, InvalidResponse, RateLimited, status_error
 
@@ -215,7 +216,7 @@ def error_from_response(
         "detail": _text(problem.get("detail")),
         "instance": _text(problem.get("instance")),
         "field_errors": flatten_field_errors(problem.get("field_errors")),
-        "headers": dict(headers),
+        "headers": CIMultiDictProxy(CIMultiDict(headers)),
     }
     cls = status_error(status)
     if cls is RateLimited:
@@ -227,13 +228,20 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def flatten_field_errors(value: object, prefix: str = "") -> dict[str, tuple[str, ...]]:
+_MAX_FIELD_DEPTH = 16  # deeper than any schema of the API; stops a hostile body's recursion
+
+
+def flatten_field_errors(
+    value: object, prefix: str = "", depth: int = 0
+) -> dict[str, tuple[str, ...]]:
     """``field_errors`` as dotted field path -> messages, whatever shape the server nests."""
     flat: dict[str, tuple[str, ...]] = {}
+    if depth > _MAX_FIELD_DEPTH:
+        return flat
     if isinstance(value, dict):
         for key, inner in value.items():
             path = f"{prefix}.{key}" if prefix else str(key)
-            flat.update(flatten_field_errors(inner, path))
+            flat.update(flatten_field_errors(inner, path, depth + 1))
     elif isinstance(value, str):
         flat[prefix or "non_field_errors"] = (value,)
     elif isinstance(value, list):
@@ -242,5 +250,5 @@ def flatten_field_errors(value: object, prefix: str = "") -> dict[str, tuple[str
             flat[prefix or "non_field_errors"] = messages
         for item in value:
             if isinstance(item, dict):
-                flat.update(flatten_field_errors(item, prefix))
+                flat.update(flatten_field_errors(item, prefix, depth + 1))
     return flat

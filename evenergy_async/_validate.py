@@ -66,7 +66,7 @@ def check_expand(value: object, allowed: frozenset[str], field: str = "expand") 
         raise InvalidRequest(field, f"expected a sequence of strings, got {value!r}")
     result: list[str] = []
     for item in values:
-        if item not in allowed:
+        if not isinstance(item, str) or item not in allowed:
             raise InvalidRequest(
                 field, f"unknown path {item!r}; known: {', '.join(sorted(allowed))}"
             )
@@ -158,12 +158,32 @@ def _check_address_rule(wire: Mapping[str, Any], field: str) -> None:
         )
 
 
+# What `update(default_location=None)` sends: the API has no null location, so clearing the
+# location means clearing each of its writable fields.
+CLEARED_LOCATION = Location(
+    address_1=None,
+    address_2=None,
+    postal_code=None,
+    country_code=None,
+    coordinates=None,
+    tariff=None,
+    city=None,
+    state=None,
+    evse_site=None,
+)
+
+
 def user_body(
-    *, email: str | UnsetType, default_location: Location | UnsetType | None
+    *,
+    email: str | UnsetType,
+    default_location: Location | UnsetType | None,
+    none_clears_location: bool = False,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if email is not UNSET:
         body["email"] = check_email(email)
+    if default_location is None and none_clears_location:
+        default_location = CLEARED_LOCATION
     if default_location is not UNSET:
         body["default_location"] = location_body(default_location)
     return body

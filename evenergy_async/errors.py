@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 __all__ = [
     "APIError",
     "BadRequest",
@@ -70,7 +72,8 @@ class APIError(EvEnergyError):
         self.detail = detail
         self.instance = instance
         self.field_errors: Mapping[str, tuple[str, ...]] = dict(field_errors or {})
-        self.headers: Mapping[str, str] = dict(headers or {})
+        # Case-insensitive, as HTTP header names are.
+        self.headers: Mapping[str, str] = CIMultiDictProxy(CIMultiDict(headers or {}))
         super().__init__(self._message())
 
     def _message(self) -> str:

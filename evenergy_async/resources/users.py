@@ -116,8 +116,10 @@ class Users(Collection):
         default_location: Location | UnsetType = UNSET,
         encoding: Encoding = "json",
     ) -> User:
-        """Create a user.  The API has no idempotency key: when the response is lost, the user
-        is looked up by email before the request is sent again, so there are no duplicates."""
+        """Create a user; ``default_location=None`` is refused (the API has no null location).
+
+        The API has no idempotency key: when the response is lost, the user is looked up by
+        email before the request is sent again, so there are no duplicates."""
         body = v.user_body(email=email, default_location=default_location)
         url = self._url()
         attempts = 0
@@ -145,16 +147,18 @@ class Users(Collection):
         user_id: str,
         *,
         email: str | UnsetType = UNSET,
-        default_location: Location | UnsetType = UNSET,
+        default_location: Location | UnsetType | None = UNSET,
         expand: Iterable[str] = (),
         encoding: Encoding = "json",
     ) -> User:
         """Change only what is given: `UNSET` (the default) leaves a field alone, `None` inside
-        a Location clears that field.  `default_location=None` is refused: the API has no null
-        location (clear its fields instead)."""
+        a Location clears that field, and ``default_location=None`` clears the whole location
+        (sent as every field null: the API has no null location)."""
         user_id = v.check_id(user_id, v.USER_ID, "user_id", me=True)
         expansions = v.check_expand(expand, v.USER_EXPANSIONS)
-        body = v.user_body(email=email, default_location=default_location)
+        body = v.user_body(
+            email=email, default_location=default_location, none_clears_location=True
+        )
         url = merge_params(self._url(user_id), {"expand": expansions})
         # PATCH sets fields, so sending it twice is harmless: retried like a GET.
         response = await self._send_body("PATCH", url, body, encoding, repeatable=True)

@@ -1,0 +1,8 @@
+"""``python -m evenergy_async``: the ``evenergy`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

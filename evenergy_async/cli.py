@@ -1,0 +1,697 @@
+"""The ``evenergy`` command: stream, read, create and update users; serve the fake API.
+
+    evenergy users export [-o FILE] [--page-size N] [--expand PATH] [--resolve PATH] [--email E]
+    evenergy users get ID [--expand PATH]
+    evenergy users create --email E [--address-1 ... --country-code CC] [--tariff URL]
+    evenergy users update ID [--email E] [address options] [--clear-address]
+    evenergy fake [--host H] [--port P] [--users N] [--tariffs N] [--rate-limit N] ...
+
+Credentials come from the environment: ``EVENERGY_TOKEN``, or ``EVENERGY_CLIENT_ID`` and
+``EVENERGY_CLIENT_SECRET`` (client credentials grant; ``EVENERGY_TOKEN_URL`` overrides the token
+endpoint); ``EVENERGY_BASE_URL`` (default production) and ``EVENERGY_USER`` (acting user).
+Every ``users`` command takes ``--fake`` to run against an in-process `FakeEvEnergy` instead.
+
+Users are printed in the API's JSON shape (see `to_api`), one object a line (JSON Lines).
+Exit status: 0 success, 1 an API or transport error, 2 a usage or input error, 130 interrupted.
+Errors are one line on stderr, ``evenergy: error: ...``; never a traceback for either kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import enum
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import date, datetime, timedelta
+from typing import IO, Any, NoReturn
+
+import attrs
+import orjson
+
+from . import _validate
+from .client import DEFAULT_BASE_URL, Client
+from .errors import EvEnergyError, InvalidRequest
+from .models import UNSET, LatLong, Location, UnsetType, User
+from .refs import Ref
+
+__all__ = ["main", "to_api"]
+
+PROG = "evenergy"
+
+# The defaults of `FakeEvEnergy`, for `evenergy fake` (and its --help).
+_FAKE_DEFAULTS = {"users": 1000, "tariffs": 20, "rate_limit": 1000, "rate_window": 3600.0}
+_ADDRESS_FIELDS = ("address_1", "address_2", "city", "state", "postal_code", "country_code")
+
+
+# --- models back to the API's JSON -----------------------------------------------------------
+
+
+_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+
+
+def to_api(value: Any) -> Any:
+    """A decoded model (User, Location, Tariff, ...) as the API's JSON data.
+
+    Field names are the API's; `UNSET` fields are left out, None stays null; datetimes are
+    ISO 8601 (``Z`` for UTC), dates ISO; a Ref is its URL, or once resolved its resource in
+    the same shape (as ``expand=`` would have inlined it).
+    """
+    if value is None or isinstance(value, str | int | float):  # bool is an int
+        return value
+    if isinstance(value, Ref):
+        return to_api(value.value) if value.resolved else value.url
+    if isinstance(value, datetime):
+        return _iso_datetime(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    cls = type(value)
+    names = _FIELDS.get(cls)
+    if names is None and attrs.has(cls):
+        names = _FIELDS[cls] = tuple(f.name for f in attrs.fields(cls))
+    if names is not None:
+        data: dict[str, Any] = {}
+        for name in names:
+            item = getattr(value, name)
+            if item is not UNSET:
+                data[name] = to_api(item)
+        return data
+    if isinstance(value, Mapping):
+        return {str(k): to_api(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_api(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return to_api(value.value)
+    raise TypeError(f"cannot express {type(value).__name__} as API JSON")
+
+
+def _iso_datetime(value: datetime) -> str:
+    text = value.isoformat()
+    if value.utcoffset() == timedelta(0) and text.endswith("+00:00"):
+        text = text[:-6] + "Z"
+    return text
+
+
+def _dumps_line(data: Any) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+
+
+# --- errors and argument parsing -------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """Bad command-line input: one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (and exit 2) rather than usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _count(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _wait(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _paths(values: Sequence[str] | None) -> tuple[str, ...]:
+    """Repeated ``--expand a --expand b`` and ``--expand a,b`` alike."""
+    result: list[str] = []
+    for value in values or ():
+        result.extend(part.strip() for part in value.split(",") if part.strip())
+    return tuple(result)
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(
+        prog=PROG,
+        description="Command-line client for the ev.energy v2 API.",
+        epilog=(
+            "Credentials: EVENERGY_TOKEN, or EVENERGY_CLIENT_ID + EVENERGY_CLIENT_SECRET; "
+            f"EVENERGY_BASE_URL (default {DEFAULT_BASE_URL}); EVENERGY_USER (acting user). "
+            "Exit status: 0 ok, 1 API/transport error, 2 usage/input error."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    users = commands.add_parser("users", help="list, read, create and update users")
+    user_commands = users.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    common = _Parser(add_help=False)
+    group = common.add_argument_group("local fake (no credentials needed)")
+    group.add_argument(
+        "--fake", action="store_true", help="run against an in-process fake of the API"
+    )
+    group.add_argument(
+        "--fake-users", type=_count, default=100, metavar="N", help="users in the fake (100)"
+    )
+    group.add_argument("--fake-seed", type=int, default=0, metavar="S", help="fake's seed (0)")
+    group.add_argument(
+        "--fake-rate-limit",
+        type=_positive_int,
+        default=_FAKE_DEFAULTS["rate_limit"],
+        metavar="N",
+        help="fake's requests per rolling hour (%(default)s)",
+    )
+
+    common.add_argument(
+        "--max-rate-limit-wait",
+        type=_wait,
+        metavar="S",
+        help="fail rather than wait longer than S seconds for rate-limit budget (default: wait)",
+    )
+
+    export = user_commands.add_parser(
+        "export",
+        parents=[common],
+        help="stream every user as JSON Lines",
+        description="Stream every user as JSON Lines (one API-shaped object a line).",
+    )
+    export.add_argument("-o", "--output", metavar="FILE", help="write to FILE, not stdout")
+    export.add_argument(
+        "--page-size", type=int, default=100, metavar="N", help="users per request, 1-100 (100)"
+    )
+    _expand_option(export)
+    export.add_argument(
+        "--resolve",
+        action="append",
+        metavar="PATH",
+        help="fetch a relation client-side, each distinct one once (repeatable): "
+        + ", ".join(sorted(_validate.USER_EXPANSIONS)),
+    )
+    export.add_argument("--email", metavar="E", help="only the user with this email")
+    export.add_argument(
+        "--page-after",
+        metavar="CURSOR",
+        help="start after this user id, to resume an export (with -o, appends to FILE)",
+    )
+
+    get = user_commands.add_parser(
+        "get", parents=[common], help="print one user ('me' for yourself)"
+    )
+    get.add_argument("id", metavar="ID", help="a user id, or 'me'")
+    _expand_option(get)
+
+    create = user_commands.add_parser("create", parents=[common], help="create a user")
+    create.add_argument("--email", required=True, metavar="E")
+    _address_options(create)
+
+    update = user_commands.add_parser(
+        "update",
+        parents=[common],
+        help="change a user; what is not given is left unchanged",
+    )
+    update.add_argument("id", metavar="ID", help="a user id, or 'me'")
+    update.add_argument("--email", metavar="E")
+    _address_options(update)
+    update.add_argument(
+        "--clear-address",
+        action="store_true",
+        help="set every address field and the coordinates to null",
+    )
+    update.add_argument("--clear-tariff", action="store_true", help="set the tariff to null")
+    _expand_option(update)
+
+    fake = commands.add_parser(
+        "fake",
+        help="serve a fake of the API until interrupted",
+        description="Serve a stateful fake of the ev.energy API until SIGINT or SIGTERM. "
+        "Prints EVENERGY_BASE_URL, EVENERGY_TOKEN, EVENERGY_CLIENT_ID and "
+        "EVENERGY_CLIENT_SECRET as NAME=VALUE lines on stdout.",
+    )
+    fake.add_argument("--host", default="127.0.0.1", help="address to bind (%(default)s)")
+    fake.add_argument(
+        "--port", type=_port, default=8080, help="port to bind, 0 for any free one (%(default)s)"
+    )
+    fake.add_argument("--users", type=_count, default=_FAKE_DEFAULTS["users"], metavar="N")
+    fake.add_argument("--tariffs", type=_count, default=_FAKE_DEFAULTS["tariffs"], metavar="N")
+    fake.add_argument(
+        "--rate-limit", type=_positive_int, default=_FAKE_DEFAULTS["rate_limit"], metavar="N"
+    )
+    fake.add_argument(
+        "--rate-window", type=_seconds, default=_FAKE_DEFAULTS["rate_window"], metavar="S"
+    )
+    fake.add_argument("--seed", type=int, default=0, metavar="S")
+    return parser
+
+
+def _expand_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--expand",
+        action="append",
+        metavar="PATH",
+        help="have the server inline a relation (repeatable): "
+        + ", ".join(sorted(_validate.USER_EXPANSIONS)),
+    )
+
+
+def _address_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("default location")
+    for name in _ADDRESS_FIELDS:
+        group.add_argument("--" + name.replace("_", "-"), dest=name, metavar="TEXT")
+    group.add_argument("--latitude", type=_number, metavar="DEG")
+    group.add_argument("--longitude", type=_number, metavar="DEG")
+    group.add_argument("--tariff", metavar="URL", help="the tariff's URL")
+
+
+def _location(args: argparse.Namespace) -> Location | UnsetType:
+    """The Location the address options describe, UNSET fields for options not given."""
+    fields: dict[str, Any] = {
+        name: getattr(args, name) for name in _ADDRESS_FIELDS if getattr(args, name) is not None
+    }
+    if (args.latitude is None) != (args.longitude is None):
+        raise UsageError("--latitude and --longitude go together")
+    if args.latitude is not None:
+        fields["coordinates"] = LatLong(args.latitude, args.longitude)
+    if args.tariff is not None:
+        fields["tariff"] = Ref(args.tariff)
+    if getattr(args, "clear_address", False):
+        if fields.keys() - {"tariff"}:
+            raise UsageError("--clear-address cannot be combined with address options")
+        fields.update(dict.fromkeys((*_ADDRESS_FIELDS, "coordinates")))
+    if getattr(args, "clear_tariff", False):
+        if "tariff" in fields:
+            raise UsageError("--clear-tariff cannot be combined with --tariff")
+        fields["tariff"] = None
+    return Location(**fields) if fields else UNSET
+
+
+# --- connecting ------------------------------------------------------------------------------
+
+
+Options = Mapping[str, Any] | None  # Client(**options), or None for --fake
+
+
+@attrs.frozen
+class _Target:
+    client: Client
+    #: How many users the data set holds, when known (the fake): for an ETA.
+    total: int | None = None
+
+
+@contextlib.asynccontextmanager
+async def _connect(args: argparse.Namespace, options: Options) -> AsyncIterator[_Target]:
+    """A client on the API (`options` for `Client`), or with ``--fake`` on a fresh fake.
+
+    The fake is seeded, so ``--fake-seed`` gives the same users run after run; the environment's
+    credentials, base URL and acting user are not used with it.
+    """
+    if options is None:
+        from .testing import FakeEvEnergy
+
+        async with (
+            FakeEvEnergy(
+                users=args.fake_users, seed=args.fake_seed, rate_limit=args.fake_rate_limit
+            ) as fake,
+            Client(
+                token=fake.token,
+                base_url=fake.base_url,
+                max_rate_limit_wait=args.max_rate_limit_wait,
+            ) as client,
+        ):
+            yield _Target(client, args.fake_users)
+        return
+    async with Client(**options, max_rate_limit_wait=args.max_rate_limit_wait) as client:
+        yield _Target(client)
+
+
+def _client_options(env: Mapping[str, str]) -> dict[str, Any]:
+    options: dict[str, Any] = {"base_url": env.get("EVENERGY_BASE_URL") or DEFAULT_BASE_URL}
+    token = env.get("EVENERGY_TOKEN")
+    client_id = env.get("EVENERGY_CLIENT_ID")
+    client_secret = env.get("EVENERGY_CLIENT_SECRET")
+    if token:
+        options["token"] = token
+    elif client_id and client_secret:
+        from ._auth import ClientCredentials
+
+        options["credentials"] = ClientCredentials(
+            client_id, client_secret, token_url=env.get("EVENERGY_TOKEN_URL") or None
+        )
+    else:
+        raise UsageError(
+            "no credentials: set EVENERGY_TOKEN, or EVENERGY_CLIENT_ID and "
+            "EVENERGY_CLIENT_SECRET (or try --fake)"
+        )
+    if env.get("EVENERGY_USER"):
+        options["acting_user"] = env["EVENERGY_USER"]
+    return options
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+class _Output:
+    """Bytes to a file or stdout (through its binary buffer when it has one)."""
+
+    def __init__(self, stream: IO[Any], *, owned: bool) -> None:
+        self._stream = stream
+        self._binary = getattr(stream, "buffer", None) if not owned else stream
+        self._owned = owned
+        if self._binary is not None and self._binary is not stream:
+            stream.flush()  # whatever was written as text goes first
+
+    def write(self, data: bytes) -> None:
+        if self._binary is not None:
+            self._binary.write(data)
+        else:
+            self._stream.write(data.decode())
+
+    def flush(self) -> None:
+        (self._binary if self._binary is not None else self._stream).flush()
+
+    def close(self) -> None:
+        if self._owned:
+            self._stream.close()
+        else:
+            self.flush()
+
+
+class _Progress:
+    """One status line on a terminal, rewritten in place (``\\r``) at most ten times a second.
+
+    `done` is advanced by the export; `run` redraws on its own too, so the line stays live
+    while the client waits for rate-limit budget.  The ETA is shown when the total is known
+    (the fake's user count).
+    """
+
+    interval = 0.1
+
+    def __init__(
+        self,
+        stream: IO[str],
+        client: Client,
+        page_size: int,
+        total: int | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.done = 0
+        self._stream = stream
+        self._client = client
+        self._page_size = page_size
+        self._total = total
+        self._clock = clock
+        self._started = clock()
+        self._shown = -math.inf
+        self._width = 0
+
+    def update(self, *, final: bool = False) -> None:
+        now = self._clock()
+        if not final and now - self._shown < self.interval:
+            return
+        self._shown = now
+        line = self.line(now - self._started)
+        pad = max(0, self._width - len(line))
+        self._width = len(line)
+        self._stream.write("\r" + line + " " * pad + ("\n" if final else ""))
+        self._stream.flush()
+
+    async def run(self) -> None:
+        """Redraw every half second until cancelled."""
+        while True:
+            await asyncio.sleep(0.5)
+            self.update()
+
+    def line(self, elapsed: float) -> str:
+        done = self.done
+        pages = math.ceil(done / self._page_size)
+        parts = [f"{done:,} users", f"{pages:,} page{'s' if pages != 1 else ''}"]
+        rate = self._client.rate_limit
+        if rate is not None and rate.remaining is not None:
+            budget = f"{rate.remaining:,}"
+            if rate.limit is not None:
+                budget += f"/{rate.limit:,}"
+            parts.append(f"rate-limit budget {budget}")
+            if rate.remaining == 0:
+                parts.append("waiting for budget")
+        speed = done / elapsed if elapsed > 0 else 0.0
+        parts.append(f"{speed:,.0f} users/s")
+        if self._total is not None and speed > 0 and done < self._total:
+            parts.append(f"ETA {_duration((self._total - done) / speed)}")
+        parts.append(f"{_duration(elapsed)} elapsed")
+        return ", ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+# --- the commands ----------------------------------------------------------------------------
+
+
+async def _export(args: argparse.Namespace, options: Options, out: _Output) -> int:
+    async with _connect(args, options) as target:
+        client = target.client
+        users = client.users.list(
+            page_size=args.page_size,
+            email=args.email,
+            expand=_paths(args.expand),
+            resolve=_paths(args.resolve),
+            page_after=args.page_after,
+        )
+        progress: _Progress | None = None
+        ticker: asyncio.Future[None] | None = None
+        if _isatty(sys.stderr):
+            total = target.total if args.email is None and args.page_after is None else None
+            progress = _Progress(sys.stderr, client, args.page_size, total)
+            ticker = asyncio.ensure_future(progress.run())
+        done = 0
+        try:
+            async for user in users:
+                out.write(_dumps_line(to_api(user)))
+                done += 1
+                if done % args.page_size == 0:
+                    out.flush()  # a page at a time, for a reader downstream
+                if progress is not None:
+                    progress.done = done
+                    progress.update()
+            out.flush()
+        finally:
+            if ticker is not None and progress is not None:
+                ticker.cancel()
+                progress.update(final=True)
+    return 0
+
+
+async def _get(args: argparse.Namespace, options: Options, out: _Output) -> int:
+    async with _connect(args, options) as target:
+        user = await target.client.users.get(args.id, expand=_paths(args.expand))
+        _print_user(out, user)
+    return 0
+
+
+async def _create(args: argparse.Namespace, options: Options, out: _Output) -> int:
+    location = _location(args)
+    async with _connect(args, options) as target:
+        user = await target.client.users.create(email=args.email, default_location=location)
+        _print_user(out, user)
+    return 0
+
+
+async def _update(args: argparse.Namespace, options: Options, out: _Output) -> int:
+    location = _location(args)
+    email = UNSET if args.email is None else args.email
+    if email is UNSET and location is UNSET:
+        raise UsageError("nothing to change: give --email, address options or --clear-address")
+    async with _connect(args, options) as target:
+        user = await target.client.users.update(
+            args.id, email=email, default_location=location, expand=_paths(args.expand)
+        )
+        _print_user(out, user)
+    return 0
+
+
+def _print_user(out: _Output, user: User) -> None:
+    out.write(_dumps_line(to_api(user)))
+    out.flush()
+
+
+async def _serve_fake(args: argparse.Namespace) -> int:
+    from .testing import FakeEvEnergy
+
+    fake = FakeEvEnergy(
+        users=args.users,
+        tariffs=args.tariffs,
+        rate_limit=args.rate_limit,
+        rate_window=args.rate_window,
+        seed=args.seed,
+        host=args.host,
+        port=args.port,
+    )
+    try:
+        await fake.start()
+    except OSError as exc:
+        raise _Failure(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not on Windows / main thread
+            pass
+    try:
+        sys.stdout.write(
+            f"EVENERGY_BASE_URL={fake.base_url}\n"
+            f"EVENERGY_TOKEN={fake.token}\n"
+            f"EVENERGY_CLIENT_ID={fake.client_id}\n"
+            f"EVENERGY_CLIENT_SECRET={fake.client_secret}\n"
+        )
+        sys.stdout.flush()
+        sys.stderr.write(f"{PROG}: serving the fake API at {fake.base_url}; Ctrl-C stops it\n")
+        sys.stderr.flush()
+        await stop.wait()
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        await fake.close()
+    return 0
+
+
+class _Failure(Exception):
+    """A failure outside the library (the fake's port in use): exit status 1."""
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+_USER_ACTIONS = {"export": _export, "get": _get, "create": _create, "update": _update}
+
+
+def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    if args.command == "fake":
+        try:
+            return asyncio.run(_serve_fake(args))
+        except KeyboardInterrupt:  # where signal handlers cannot be installed
+            return 0
+    action = _USER_ACTIONS[args.action]
+    options = None if args.fake else _client_options(env)
+    if args.action == "export" and args.output:
+        try:
+            # Resuming (--page-after) adds to what the interrupted export wrote.
+            mode = "ab" if args.page_after else "wb"
+            stream: IO[Any] = open(args.output, mode)  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+        out = _Output(stream, owned=True)
+    else:
+        out = _Output(sys.stdout, owned=False)
+    try:
+        return asyncio.run(action(args, options, out))
+    finally:
+        out.close()
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"{PROG}: error: {' '.join(message.split())}\n")
+    sys.stderr.flush()
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at devnull so the interpreter's final flush is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv` (default ``sys.argv[1:]``); return the exit status."""
+    try:
+        args = _build_parser().parse_args(argv)
+        return _run(args, os.environ)
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except UsageError as exc:
+        _error(str(exc))
+        return 2
+    except InvalidRequest as exc:
+        _error(str(exc))
+        return 2
+    except EvEnergyError as exc:
+        message = str(exc) or type(exc).__name__
+        if exc.resume_cursor is not None:
+            message += f" (resume with --page-after {exc.resume_cursor})"
+        _error(message)
+        return 1
+    except _Failure as exc:
+        _error(str(exc))
+        return 1
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\n{PROG}: interrupted\n")
+        return 130

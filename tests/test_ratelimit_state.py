@@ -1,0 +1,674 @@
+"""The rate limiter: `WindowState` on a fake clock (numbers passed as `now`), then the asyncio
+`RateLimiter` around it on a real loop with small windows."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from evenergy_async._ratelimit import RateLimiter, WindowState
+from evenergy_async.errors import RateLimited
+from evenergy_async.models import RateLimit
+
+W = 100.0  # window for the pure tests
+
+
+def learned(limit: int, remaining: int | None = None, *, window: float = W, at: float = 0.0):
+    """A state whose probe was answered at `at` with the given headers."""
+    state = WindowState(window)
+    ticket = state.try_acquire(at)
+    assert ticket is not None
+    state.on_response(
+        ticket, at, RateLimit(limit, limit - 1 if remaining is None else remaining), 200
+    )
+    return state
+
+
+def drain(state: WindowState, now: float) -> list[int]:
+    tickets = []
+    while (ticket := state.try_acquire(now)) is not None:
+        tickets.append(ticket)
+        assert len(tickets) < 10_000
+    return tickets
+
+
+# --- construction -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("window", [0, -1, math.nan, math.inf, "60", None])
+def test_window_must_be_positive_finite(window):
+    with pytest.raises(ValueError):
+        WindowState(window)
+
+
+def test_window_int_accepted():
+    assert WindowState(60).window == 60.0
+
+
+# --- the probe ----------------------------------------------------------------------------------
+
+
+def test_first_request_is_a_probe():
+    state = WindowState(W)
+    first = state.try_acquire(0.0)
+    assert first is not None
+    assert state.try_acquire(0.0) is None
+    assert state.try_acquire(50.0) is None  # time alone does not help
+    assert state.next_change(0.0) is None  # only a response can
+    state.on_response(first, 1.0, RateLimit(5, 4), 200)
+    assert state.limit == 5
+    assert len(drain(state, 1.0)) == 4
+
+
+def test_probe_given_back_unsent_allows_next_probe():
+    state = WindowState(W)
+    first = state.try_acquire(0.0)
+    state.on_no_response(first, 0.5, sent=False)
+    second = state.try_acquire(0.5)
+    assert second is not None
+    assert second != first
+    assert state.try_acquire(0.5) is None
+
+
+def test_tickets_are_distinct_and_increasing():
+    state = learned(10, 9)
+    tickets = drain(state, 1.0)
+    assert tickets == sorted(set(tickets))
+
+
+# --- learning the limit -------------------------------------------------------------------------
+
+
+def test_learns_limit_from_headers():
+    state = learned(7, 6)
+    assert state.limit == 7
+    assert len(drain(state, 0.0)) == 6
+
+
+def test_limit_changes_with_later_headers():
+    state = learned(3, 2)
+    t = state.try_acquire(1.0)
+    state.on_response(t, 1.0, RateLimit(10, 8), 200)
+    assert state.limit == 10
+    assert len(drain(state, 1.0)) == 8
+
+
+def test_no_rate_headers_means_no_limit():
+    state = WindowState(W)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 0.0, None, 200)
+    assert state.limit is None
+    assert len([state.try_acquire(0.0) for _ in range(500)]) == 500
+    assert state.next_change(0.0) is None
+
+
+def test_grants_exactly_limit_per_window_own_traffic_only():
+    limit = 5
+    state = learned(limit, limit - 1, at=0.0)
+    granted = drain(state, 0.0)
+    assert len(granted) == limit - 1  # the probe used one
+    for i, t in enumerate(granted):
+        state.on_response(t, 0.0, RateLimit(limit, limit - 2 - i), 200)
+    assert state.try_acquire(W - 0.001) is None
+    # every token returns at response time + window
+    again = drain(state, W)
+    assert len(again) == limit
+
+
+def test_tokens_return_at_response_time_plus_window_not_before():
+    state = learned(2, 1, at=0.0)  # probe answered at t=0
+    t = state.try_acquire(1.0)  # granted at 1, answered at 30
+    assert state.try_acquire(1.0) is None
+    state.on_response(t, 30.0, RateLimit(2, 0), 200)
+    assert state.try_acquire(W - 0.001) is None
+    first = state.try_acquire(W)  # the probe's token is back
+    assert first is not None
+    assert state.try_acquire(W) is None
+    # the second token was granted at 1 but answered at 30: it is back at 130, not at 101
+    assert state.try_acquire(1.0 + W) is None
+    assert state.try_acquire(30.0 + W - 0.001) is None
+    assert state.try_acquire(30.0 + W) is not None
+
+
+def test_in_flight_tokens_never_return_by_time_alone():
+    state = learned(2, 1)
+    t = state.try_acquire(0.0)
+    assert t is not None
+    assert state.try_acquire(10 * W) is not None  # the probe's token came back
+    assert state.try_acquire(100 * W) is None  # `t` is still in flight
+    state.on_response(t, 100 * W, RateLimit(2, 1), 200)
+    assert state.try_acquire(100 * W) is None  # just answered: counted until +W
+    assert state.try_acquire(101 * W) is not None
+
+
+def test_used_counts_own_requests():
+    state = learned(10, 9)
+    assert state.used(0.0) == 1
+    a = state.try_acquire(0.0)
+    state.try_acquire(0.0)
+    assert state.used(0.0) == 3
+    assert state.in_flight() == 2
+    state.on_response(a, 5.0, RateLimit(10, 8), 200)  # probe and a counted, b not yet
+    assert state.in_flight() == 1
+    assert state.used(5.0) == 3
+    assert state.used(W + 0.001) == 2  # probe (answered at 0) expired
+    assert state.used(5.0 + W) == 1  # `a` expired too
+
+
+# --- others' usage from X-RateLimit-Remaining ---------------------------------------------------
+
+
+def test_estimates_others_usage_from_remaining():
+    state = WindowState(W)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 0.0, RateLimit(10, 5), 200)  # we used 1, someone else 4
+    assert state.used(0.0) == 5
+    assert len(drain(state, 0.0)) == 5
+
+
+def test_others_usage_expires_after_a_window():
+    state = WindowState(W)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 0.0, RateLimit(10, 0), 200)  # others used 9
+    assert state.used(W - 0.001) == 10
+    assert state.used(W) == 0
+    assert len(drain(state, W)) == 10
+
+
+def test_stale_estimate_of_others_is_probed_not_waited_out():
+    state = WindowState(W)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 0.0, RateLimit(10, 0), 200)  # full, by others' usage alone
+    assert state.try_acquire(1.0) is None
+    assert state.next_change(1.0) == pytest.approx(state.probe_every)
+    probe = state.try_acquire(state.probe_every)  # one request asks the server again
+    assert probe is not None
+    assert state.try_acquire(state.probe_every) is None  # only one at a time
+    # the others have gone quiet: the server says 8 left (our two requests counted)
+    state.on_response(probe, state.probe_every, RateLimit(10, 8), 200)
+    assert len(drain(state, state.probe_every)) == 8
+
+
+def test_no_probe_when_own_requests_fill_the_window():
+    state = learned(2, 1, at=0.0)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 0.0, RateLimit(2, 0), 200)
+    assert state.try_acquire(W / 2) is None  # own requests alone fill it: nothing to ask
+    assert state.next_change(W / 2) == W
+
+
+def test_others_usage_re_estimated_from_each_response():
+    state = WindowState(W)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 0.0, RateLimit(10, 9), 200)
+    t = state.try_acquire(1.0)
+    state.on_response(t, 1.0, RateLimit(10, 2), 200)  # others used 6 meanwhile
+    assert state.used(1.0) == 8
+    assert len(drain(state, 1.0)) == 2
+
+
+def test_remaining_consistent_with_own_traffic_means_no_others():
+    state = learned(10, 9)
+    tickets = drain(state, 0.0)
+    assert len(tickets) == 9
+    for i, t in enumerate(tickets):
+        state.on_response(t, 1.0, RateLimit(10, 8 - i), 200)
+    assert state.used(1.0) == 10
+    assert state.try_acquire(1.0) is None
+    # 10 own requests, all expiring at 0 + W (probe) and 1 + W: no phantom others
+    assert state.try_acquire(W) is not None
+    assert len(drain(state, 1.0 + W)) == 9
+
+
+def test_later_in_flight_requests_not_counted_as_others():
+    state = learned(10, 9)
+    a, b, c = (state.try_acquire(0.0) for _ in range(3))
+    # the answer to `a` says 8 left: the probe and `a` counted; b and c not arrived yet
+    state.on_response(a, 0.5, RateLimit(10, 8), 200)
+    assert state.used(0.5) == 4  # probe, a, b, c: no others
+    state.on_response(b, 0.6, RateLimit(10, 7), 200)
+    state.on_response(c, 0.7, RateLimit(10, 6), 200)
+    assert state.used(0.7) == 4
+    assert len(drain(state, 0.7)) == 6
+
+
+def test_older_response_does_not_override_fresher_observation():
+    state = learned(10, 9)
+    a = state.try_acquire(1.0)
+    b = state.try_acquire(1.0)
+    # `b` (sent later) answers first: 7 left, consistent with our own three requests
+    state.on_response(b, 2.0, RateLimit(10, 7), 200)
+    assert state.used(2.0) == 3
+    # `a`'s answer is older: its "remaining 2" must not add 5 phantom requests
+    state.on_response(a, 3.0, RateLimit(10, 2), 200)
+    assert state.used(3.0) == 3
+    assert len(drain(state, 3.0)) == 7
+
+
+def test_fresher_response_overrides_older():
+    state = learned(10, 9)
+    a = state.try_acquire(1.0)
+    b = state.try_acquire(1.0)
+    state.on_response(a, 2.0, RateLimit(10, 8), 200)
+    assert state.used(2.0) == 3
+    state.on_response(b, 3.0, RateLimit(10, 3), 200)  # newer: others used 4
+    assert state.used(3.0) == 7
+
+
+# --- 429 ----------------------------------------------------------------------------------------
+
+
+def test_429_blocks_until_retry_after():
+    state = WindowState(W)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 10.0, RateLimit(None, None, 5.0), 429)
+    assert state.blocked_until == 15.0
+    assert state.try_acquire(14.999) is None
+    assert state.next_change(12.0) == 15.0
+    assert state.estimate_wait(12.0, 0) == pytest.approx(3.0)
+    assert state.try_acquire(15.0) is not None
+
+
+def test_429_without_retry_after_and_unknown_limit_waits_a_little():
+    state = WindowState(W)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 10.0, None, 429)
+    assert 10.0 < state.blocked_until <= 10.0 + W
+    assert state.try_acquire(10.0) is None
+
+
+def test_429_without_retry_after_waits_for_own_oldest_token():
+    state = learned(3, 2, at=0.0)
+    a = state.try_acquire(1.0)
+    state.on_response(a, 2.0, RateLimit(3, 1), 200)
+    b = state.try_acquire(3.0)
+    state.on_response(b, 4.0, RateLimit(3, None), 429)
+    # no Retry-After: the oldest own request (the probe, at 0) leaves the window at W
+    assert state.blocked_until == pytest.approx(W)
+    assert state.try_acquire(W - 1) is None
+
+
+def test_429_never_shortens_an_existing_block():
+    state = WindowState(W)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 0.0, RateLimit(None, None, 50.0), 429)
+    t = state.try_acquire(50.0)
+    state.on_response(t, 50.0, None, 200)
+    u = state.try_acquire(50.0)
+    v = state.try_acquire(50.0)
+    state.on_response(u, 51.0, RateLimit(None, None, 30.0), 429)
+    state.on_response(v, 52.0, RateLimit(None, None, 1.0), 429)
+    assert state.blocked_until == 81.0
+
+
+def test_after_429_one_request_at_a_time_until_a_success():
+    state = learned(10, 9)
+    t = state.try_acquire(1.0)
+    state.on_response(t, 1.0, RateLimit(10, None, 2.0), 429)
+    assert state.try_acquire(2.9) is None
+    probe = state.try_acquire(3.0)
+    assert probe is not None
+    assert state.try_acquire(3.0) is None
+    assert state.next_change(3.0) is None  # only the probe's response can help
+    state.on_response(probe, 3.5, RateLimit(10, 5), 200)
+    assert len(drain(state, 3.5)) == 5
+
+
+def test_429_retry_after_is_honoured_when_limit_known():
+    state = WindowState(3600.0)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 0.0, RateLimit(1000, 0, 5.0), 429)
+    assert state.blocked_until == 5.0
+    assert state.try_acquire(5.0) is not None
+
+
+# --- requests without a response ----------------------------------------------------------------
+
+
+def test_on_no_response_sent_counts_for_a_window():
+    state = learned(2, 1, at=0.0)
+    t = state.try_acquire(10.0)
+    state.on_no_response(t, 20.0, sent=True)
+    assert state.in_flight() == 0
+    assert state.used(20.0) == 2
+    assert state.try_acquire(20.0) is None
+    assert state.try_acquire(W) is not None  # probe expired
+    assert state.try_acquire(20.0 + W - 0.001) is None
+    assert state.try_acquire(20.0 + W) is not None
+
+
+def test_on_no_response_unsent_returns_the_token_now():
+    state = learned(2, 1, at=0.0)
+    t = state.try_acquire(10.0)
+    assert state.try_acquire(10.0) is None
+    state.on_no_response(t, 11.0, sent=False)
+    assert state.in_flight() == 0
+    assert state.used(11.0) == 1
+    assert state.try_acquire(11.0) is not None
+
+
+def test_on_no_response_twice_or_unknown_ticket_is_harmless():
+    state = learned(3, 2)
+    t = state.try_acquire(0.0)
+    state.on_no_response(t, 1.0, sent=True)
+    state.on_no_response(t, 1.0, sent=True)
+    state.on_no_response(12345, 1.0, sent=True)
+    assert state.used(1.0) == 2
+
+
+def test_response_after_release_not_double_counted():
+    state = learned(3, 2)
+    t = state.try_acquire(0.0)
+    state.on_no_response(t, 1.0, sent=True)
+    state.on_response(t, 2.0, None, 200)
+    assert state.used(2.0) == 2
+
+
+# --- next_change / estimate_wait ----------------------------------------------------------------
+
+
+def test_next_change_none_when_only_responses_help():
+    state = learned(2, 1, at=0.0)
+    state.try_acquire(0.0)  # in flight
+    assert state.try_acquire(W) is not None  # the probe's token came back
+    assert state.try_acquire(W) is None
+    assert state.next_change(W) is None  # both tokens are in flight
+
+
+def test_next_change_is_oldest_own_expiry():
+    state = learned(3, 2, at=0.0)
+    a = state.try_acquire(0.0)
+    b = state.try_acquire(0.0)
+    state.on_response(a, 5.0, RateLimit(3, 1), 200)
+    state.on_response(b, 7.0, RateLimit(3, 0), 200)
+    assert state.try_acquire(7.0) is None
+    assert state.next_change(7.0) == W
+    assert state.next_change(W + 1) == 5.0 + W
+
+
+def test_next_change_includes_others_expiry():
+    state = WindowState(W)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 10.0, RateLimit(5, 0), 200)
+    # own probe and others' 4 leave the window at 10 + W; a re-probe is due before that
+    assert state.next_change(10.0) == 10.0 + state.probe_every
+    t = state.try_acquire(10.0 + state.probe_every)
+    state.on_response(t, 11.0 + state.probe_every, RateLimit(5, 0), 200)  # still full
+    # at 10 + W the first request has left the window: room for exactly one more
+    assert state.try_acquire(10.0 + W) is not None
+    assert state.try_acquire(10.0 + W) is None
+    # it is in flight, so no probe is due: the next change is when the estimate expires
+    assert state.next_change(10.0 + W) == 11.0 + state.probe_every + W
+
+
+def test_estimate_wait_zero_with_room():
+    state = learned(10, 9)
+    assert state.estimate_wait(0.0, 0) == 0.0
+    assert state.estimate_wait(0.0, 8) == 0.0
+
+
+def test_estimate_wait_unlearned_is_zero():
+    assert WindowState(W).estimate_wait(0.0, 5) == 0.0
+
+
+def test_estimate_wait_counts_queue_ahead():
+    state = learned(2, 1, at=0.0)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 4.0, RateLimit(2, 0), 200)
+    assert state.estimate_wait(10.0, 0) == pytest.approx(W - 10.0)
+    assert state.estimate_wait(10.0, 1) == pytest.approx(W + 4.0 - 10.0)
+
+
+def test_estimate_wait_in_flight_counted_as_answered_now():
+    state = learned(2, 1, at=0.0)
+    state.try_acquire(0.0)  # in flight
+    assert state.estimate_wait(10.0, 0) == pytest.approx(W - 10.0)  # the probe's token
+    assert state.estimate_wait(10.0, 1) == pytest.approx(W)  # the in-flight one, answered now
+
+
+def test_estimate_wait_blocked():
+    state = WindowState(W)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 0.0, RateLimit(None, None, 42.0), 429)
+    assert state.estimate_wait(2.0, 0) == pytest.approx(40.0)
+
+
+def test_estimate_wait_queue_longer_than_limit_is_finite():
+    state = learned(2, 1, at=0.0)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 0.0, RateLimit(2, 0), 200)
+    # two tokens come back at W; two more requests ahead take them; ours goes at 2W
+    assert state.estimate_wait(0.0, 2) == pytest.approx(2 * W)
+
+
+# --- the asyncio limiter ------------------------------------------------------------------------
+
+SMALL = 0.2
+
+
+async def primed(limit: int, remaining: int | None = None, window: float = SMALL) -> RateLimiter:
+    limiter = RateLimiter(window)
+    ticket = await limiter.acquire()
+    await limiter.record(
+        ticket, RateLimit(limit, limit - 1 if remaining is None else remaining), 200
+    )
+    return limiter
+
+
+async def test_limiter_fifo_order_of_grants():
+    limiter = await primed(2, 0, window=0.1)  # full: every grant waits for a token to return
+    order: list[int] = []
+
+    async def worker(i: int) -> None:
+        ticket = await limiter.acquire()
+        order.append(i)
+        await limiter.record(ticket, None, 200)
+
+    tasks = []
+    for i in range(6):
+        tasks.append(asyncio.ensure_future(worker(i)))
+        await asyncio.sleep(0)  # acquire called in order 0..5
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert order == list(range(6))
+
+
+async def test_limiter_newcomer_does_not_jump_the_queue():
+    limiter = RateLimiter(SMALL)
+    probe = await limiter.acquire()
+    order: list[str] = []
+
+    async def waiter(name: str) -> None:
+        await limiter.acquire()
+        order.append(name)
+
+    first = asyncio.ensure_future(waiter("first"))
+    await asyncio.sleep(0)
+    await limiter.record(probe, RateLimit(1, 0), 200)  # learned: full for the window
+    late = asyncio.ensure_future(waiter("late"))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(first, 2)
+    assert order == ["first"]
+    late.cancel()
+    await asyncio.gather(late, return_exceptions=True)
+
+
+async def test_limiter_grants_without_waiting_when_room():
+    limiter = await primed(10)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tickets = [await limiter.acquire() for _ in range(9)]
+    assert len(set(tickets)) == 9
+    assert loop.time() - start < 0.05
+    assert limiter.stats.waits == 0
+
+
+async def test_limiter_waits_for_window():
+    limiter = await primed(1, 0, window=SMALL)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await asyncio.wait_for(limiter.acquire(), 2)
+    assert loop.time() - start >= SMALL - 0.01
+    assert limiter.stats.waits == 1
+
+
+async def test_cancelled_waiter_leaks_no_token_and_does_not_stall():
+    limiter = await primed(1, 0, window=SMALL)
+    a = asyncio.ensure_future(limiter.acquire())
+    b = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(0.01)
+    a.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    ticket = await asyncio.wait_for(b, 2)  # b is not stuck behind the cancelled a
+    assert limiter.state.in_flight() == 1
+    await limiter.record(ticket, None, 200)
+    assert limiter.state.in_flight() == 0
+
+
+async def test_cancelled_after_grant_gives_the_token_back():
+    limiter = RateLimiter(SMALL)
+    probe = await limiter.acquire()
+    waiter = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    # the response grants the waiter its token synchronously; it is cancelled before it runs
+    await limiter.record(probe, RateLimit(2, 1), 200)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert limiter.state.in_flight() == 0
+    assert limiter.state.used(asyncio.get_running_loop().time()) == 1  # the probe only
+    # both remaining tokens can be taken at once
+    await asyncio.wait_for(limiter.acquire(), 0.05)
+
+
+async def test_cancel_all_waiters_leaves_clean_state():
+    limiter = await primed(1, 0, window=SMALL)
+    waiters = [asyncio.ensure_future(limiter.acquire()) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    for w in waiters:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    await asyncio.sleep(SMALL + 0.05)  # the timer fires with nobody left
+    assert limiter.state.in_flight() == 0
+    assert limiter._timer is None
+    await asyncio.wait_for(limiter.acquire(), 0.05)
+
+
+async def test_max_wait_raises_rate_limited_with_retry_after():
+    limiter = await primed(1, 0, window=10.0)
+    with pytest.raises(RateLimited) as info:
+        await limiter.acquire(max_wait=1.0)
+    assert info.value.retry_after == pytest.approx(10.0, abs=0.5)
+    assert info.value.status == 429
+    assert not limiter._waiters  # refused without queueing
+    assert limiter.state.in_flight() == 0
+
+
+async def test_max_wait_long_enough_waits():
+    limiter = await primed(1, 0, window=0.1)
+    await asyncio.wait_for(limiter.acquire(max_wait=5.0), 2)
+
+
+async def test_max_wait_zero_with_room():
+    limiter = await primed(5)
+    assert await limiter.acquire(max_wait=0.0) is not None
+
+
+async def test_release_wakes_waiter():
+    limiter = RateLimiter(3600.0)
+    probe = await limiter.acquire()
+    waiter = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    limiter.release(probe, sent=False)
+    await asyncio.wait_for(waiter, 0.1)
+
+
+async def test_record_wakes_waiters():
+    limiter = RateLimiter(3600.0)
+    probe = await limiter.acquire()
+    waiters = [asyncio.ensure_future(limiter.acquire()) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert not any(w.done() for w in waiters)
+    await limiter.record(probe, RateLimit(100, 99), 200)
+    await asyncio.wait_for(asyncio.gather(*waiters), 0.1)
+
+
+async def test_record_429_pauses_everyone():
+    limiter = RateLimiter(3600.0)
+    probe = await limiter.acquire()
+    loop = asyncio.get_running_loop()
+    await limiter.record(probe, RateLimit(None, None, 0.15), 429)
+    assert limiter.stats.throttled == 1
+    start = loop.time()
+    await asyncio.wait_for(limiter.acquire(), 2)
+    assert loop.time() - start >= 0.14
+
+
+async def test_no_timer_when_only_a_response_can_help():
+    limiter = RateLimiter(3600.0)
+    probe = await limiter.acquire()
+    waiter = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(0.01)
+    assert limiter._timer is None  # nothing armed: a response will wake it
+    limiter.release(probe, sent=False)
+    await waiter
+
+
+async def test_no_busy_polling_while_waiting_for_window():
+    limiter = await primed(1, 0, window=0.3)
+    loop = asyncio.get_running_loop()
+    scheduled = 0
+    wakes = 0
+    real_call_at = loop.call_at
+    real_wake = limiter._wake
+
+    def counting_wake():
+        nonlocal wakes
+        wakes += 1
+        real_wake()
+
+    limiter._wake = counting_wake  # type: ignore[method-assign]
+
+    def counting_call_at(*args, **kwargs):
+        nonlocal scheduled
+        scheduled += 1
+        return real_call_at(*args, **kwargs)
+
+    loop.call_at = counting_call_at  # type: ignore[method-assign]
+    try:
+        await asyncio.wait_for(limiter.acquire(), 2)
+    finally:
+        del loop.call_at
+    # one timer for the token's return (wait_for's own timeout adds one): no polling
+    assert scheduled <= 3
+    assert wakes <= 3
+    assert limiter._timer is None
+
+
+async def test_no_timer_left_when_nothing_waits():
+    limiter = await primed(3)
+    for _ in range(2):
+        await limiter.acquire()
+    assert limiter._timer is None
+    assert not limiter._waiters
+
+
+async def test_configure_window():
+    limiter = RateLimiter(10.0)
+    limiter.configure(window=20.0)
+    assert limiter.window == 20.0
+    assert limiter.state.window == 20.0
+    await limiter.acquire()
+    with pytest.raises(RuntimeError):
+        limiter.configure(window=30.0)
+    limiter.configure(window=20.0)  # unchanged: fine while in use
+
+
+def test_release_without_loop_is_harmless():
+    limiter = RateLimiter(10.0)
+    limiter.release(0, sent=True)  # no running loop: must not raise
+    assert limiter.state.in_flight() == 0

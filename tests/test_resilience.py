@@ -1,0 +1,141 @@
+"""Rate limiting and retries against FakeEvEnergy with compressed windows and injected faults."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+import evenergy_async as ev
+from evenergy_async.testing import FakeEvEnergy
+
+
+def fast_retries(client: ev.Client) -> ev.Client:
+    client._session.backoff_base = 0.002
+    client._session.backoff_cap = 0.02
+    return client
+
+
+async def test_spends_the_whole_budget_without_a_429():
+    """16 tasks hammering a 20-per-1s window for 2.5 s: 3 windows' worth, no 429."""
+    async with FakeEvEnergy(users=20, rate_limit=20, rate_window=1.0) as fake:
+        async with ev.Client(token=fake.token, base_url=fake.base_url, rate_limit_window=1.0) as client:
+            me = await client.users.get("me")
+            done = 0
+            deadline = time.monotonic() + 2.45
+
+            async def worker() -> None:
+                nonlocal done
+                while time.monotonic() < deadline:
+                    try:
+                        await asyncio.wait_for(client.users.get(me.id), deadline - time.monotonic())
+                    except asyncio.TimeoutError:
+                        return
+                    done += 1
+
+            await asyncio.gather(*(worker() for _ in range(16)))
+            assert fake.stats.rate_limited == 0
+            assert fake.stats.statuses[429] == 0
+            # 60 allowed in [0, 2.45) with 20 per rolling second; the probe took one.
+            assert done + 1 >= 0.95 * 60
+            assert client.limiter.stats.waits > 0
+
+
+async def test_outside_consumer_sharing_the_budget_never_fails_a_call():
+    async with FakeEvEnergy(users=10, rate_limit=20, rate_window=1.0) as fake:
+        async with ev.Client(token=fake.token, base_url=fake.base_url, rate_limit_window=1.0) as client:
+            me = await client.users.get("me")
+            stop = asyncio.Event()
+
+            async def outsider() -> None:  # spends about half of the budget
+                while not stop.is_set():
+                    fake.consume(1)
+                    await asyncio.sleep(0.1)
+
+            spender = asyncio.create_task(outsider())
+            results = await asyncio.gather(*(client.users.get(me.id) for _ in range(40)))
+            stop.set()
+            await spender
+            assert all(u.id == me.id for u in results)
+            assert client.rate_limit is not None and client.rate_limit.limit == 20
+
+
+async def test_a_429_pauses_every_task_and_is_not_a_retry():
+    async with FakeEvEnergy(users=10) as fake:
+        async with ev.Client(token=fake.token, base_url=fake.base_url, max_retries=0) as client:
+            me = await client.users.get("me")
+            fake.faults.fail_next(1, status=429, retry_after=0.4)
+            started = time.monotonic()
+            first = asyncio.create_task(client.users.get(me.id))
+            await asyncio.sleep(0.05)  # the 429 has arrived; now others ask
+            others = await asyncio.gather(*(client.users.get(me.id) for _ in range(5)))
+            await first
+            assert time.monotonic() - started >= 0.4
+            assert len(others) == 5
+            assert client.limiter.stats.throttled == 1
+
+
+async def test_max_rate_limit_wait_raises_rate_limited():
+    async with FakeEvEnergy(users=10) as fake:
+        async with ev.Client(
+            token=fake.token, base_url=fake.base_url, max_rate_limit_wait=0.5
+        ) as client:
+            fake.faults.fail_next(1, status=429, retry_after=30)
+            with pytest.raises(ev.RateLimited) as caught:
+                await client.users.get("me")
+            assert caught.value.retry_after == pytest.approx(30, abs=1)
+            with pytest.raises(ev.RateLimited):  # the pause holds for every later call too
+                await client.users.get("me")
+
+
+async def test_server_errors_are_retried_with_backoff_then_raised():
+    async with FakeEvEnergy(users=10) as fake:
+        async with ev.Client(token=fake.token, base_url=fake.base_url, max_retries=2) as client:
+            fast_retries(client)
+            fake.faults.fail_next(2, status=503)
+            assert (await client.users.get("me")).id
+            fake.faults.fail_next(3, status=502)
+            with pytest.raises(ev.ServerError) as caught:
+                await client.users.get("me")
+            assert caught.value.status == 502
+
+
+async def test_faults_lose_and_duplicate_nothing():
+    """10 % 503s and 5 % of writes cut after commit: 120 creates + 120 updates end exact."""
+    async with FakeEvEnergy(users=0, seed=7) as fake:
+        fake.faults.error_rate = 0.10
+        fake.faults.cut_after_commit_rate = 0.05
+        async with ev.Client(token=fake.token, base_url=fake.base_url, max_retries=8) as client:
+            fast_retries(client)
+            emails = [f"bulk{i:03d}@example.com" for i in range(120)]
+            created = await asyncio.gather(*(client.users.create(email=e) for e in emails))
+            updated = await asyncio.gather(
+                *(
+                    client.users.update(u.id, default_location=ev.Location(city=None))
+                    for u in created
+                )
+            )
+        assert fake.stats.faults["cut"] > 0 and fake.stats.faults["error_rate"] > 0
+        fake.faults.clear()
+        async with ev.Client(token=fake.token, base_url=fake.base_url) as check:
+            everyone = [u async for u in check.users.list()]
+    assert sorted(str(u.email) for u in everyone) == emails
+    assert len({u.id for u in created}) == 120
+    assert {u.id for u in updated} == {u.id for u in everyone}
+
+
+async def test_failed_stream_resumes_from_its_cursor():
+    async with FakeEvEnergy(users=95) as fake:
+        async with ev.Client(token=fake.token, base_url=fake.base_url, max_retries=0) as client:
+            seen: list[str] = []
+            with pytest.raises(ev.ServerError) as caught:
+                async for user in client.users.list(page_size=10):
+                    seen.append(user.id)
+                    if len(seen) == 35:
+                        fake.faults.fail_next(1, status=503)
+            cursor = caught.value.resume_cursor
+            assert cursor == seen[-1]
+            seen += [u.id async for u in client.users.list(page_size=10, page_after=cursor)]
+            everything = [u.id async for u in client.users.list(page_size=100)]
+            assert seen == everything
