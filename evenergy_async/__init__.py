@@ -1,51 +1,108 @@
 """evenergy_async: an asyncio client for the ev.energy v2 API.
 
-import evenergy_async as ev
+    import evenergy_async as ev
 
-async with ev.Client(token="...") as client:
-    async for user in client.users.list(page_size=100):
-        ...
+    async with ev.Client(token="...") as client:
+        async for user in client.users.list(page_size=100):
+            ...
+
+The names below are loaded on first use, so importing the package (as pytest does for its
+plugin in every session) costs nothing until the client is needed.
 """
 
-from ._auth import ClientCredentials
-from ._ratelimit import LimiterStats, RateLimiter, RateLimiterProtocol
-from .client import DEFAULT_BASE_URL, Client
-from .errors import (
-    APIError,
-    BadRequest,
-    Conflict,
-    EvEnergyError,
-    Forbidden,
-    InvalidRequest,
-    InvalidResponse,
-    NotFound,
-    RateLimited,
-    ServerError,
-    TransportError,
-    Unauthorized,
-)
-from .models import (
-    UNSET,
-    EVSESite,
-    LatLong,
-    Location,
-    Page,
-    Price,
-    RateLimit,
-    Supplier,
-    Tariff,
-    UnsetType,
-    User,
-)
-from .refs import Ref
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._auth import ClientCredentials
+    from ._ratelimit import LimiterStats, RateLimiter, RateLimiterProtocol
+    from ._redis import BudgetSnapshot, RateLimiterUnavailable, RedisRateLimiter
+    from .client import DEFAULT_BASE_URL, Client
+    from .errors import (
+        APIError,
+        BadRequest,
+        Conflict,
+        EvEnergyError,
+        Forbidden,
+        InvalidRequest,
+        InvalidResponse,
+        NotFound,
+        RateLimited,
+        ServerError,
+        TransportError,
+        Unauthorized,
+    )
+    from .models import (
+        UNSET,
+        EVSESite,
+        LatLong,
+        Location,
+        Page,
+        Price,
+        RateLimit,
+        Supplier,
+        Tariff,
+        UnsetType,
+        User,
+    )
+    from .refs import Ref
 
 __version__ = "0.1.0"
+
+_HOMES = {
+    "ClientCredentials": "._auth",
+    "LimiterStats": "._ratelimit",
+    "RateLimiter": "._ratelimit",
+    "RateLimiterProtocol": "._ratelimit",
+    "RedisRateLimiter": "._redis",
+    "RateLimiterUnavailable": "._redis",
+    "BudgetSnapshot": "._redis",
+    "DEFAULT_BASE_URL": ".client",
+    "Client": ".client",
+    **dict.fromkeys(
+        (
+            "APIError",
+            "BadRequest",
+            "Conflict",
+            "EvEnergyError",
+            "Forbidden",
+            "InvalidRequest",
+            "InvalidResponse",
+            "NotFound",
+            "RateLimited",
+            "ServerError",
+            "TransportError",
+            "Unauthorized",
+        ),
+        ".errors",
+    ),
+    **dict.fromkeys(
+        (
+            "UNSET",
+            "EVSESite",
+            "LatLong",
+            "Location",
+            "Page",
+            "Price",
+            "RateLimit",
+            "Supplier",
+            "Tariff",
+            "UnsetType",
+            "User",
+        ),
+        ".models",
+    ),
+    "Ref": ".refs",
+}
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "UNSET",
     "APIError",
     "BadRequest",
+    "BudgetSnapshot",
     "Client",
     "ClientCredentials",
     "Conflict",
@@ -64,6 +121,8 @@ __all__ = [
     "RateLimited",
     "RateLimiter",
     "RateLimiterProtocol",
+    "RateLimiterUnavailable",
+    "RedisRateLimiter",
     "Ref",
     "ServerError",
     "Supplier",
@@ -73,3 +132,16 @@ __all__ = [
     "UnsetType",
     "User",
 ]
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value  # found once, then an ordinary module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

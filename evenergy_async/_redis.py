@@ -10,7 +10,9 @@ process and task that uses the same key, as if they were one client:
 - the latest ``limit`` and what the freshest ``remaining`` says the budget's other consumers
   spend (counted for one window after it was seen, exactly as `WindowState` does);
 - ``blocked_until`` from any worker's 429: one refusal pauses the whole fleet;
-- probe first: until a response has told the budget, one request at a time.
+- probes: until a response has told the budget, and again after a 429, one request at a
+  time for the whole fleet; when only the estimate of others' spending stands in the way,
+  one request every window / 20 asks the server again.
 
 Every decision (acquire, record, release) is one Lua script, so it is atomic, and its clock is
 Redis ``TIME``: the hosts' clocks do not matter, only durations measured on one clock do.
@@ -30,13 +32,13 @@ goes to the back.  An entry whose process stopped renewing it (it died) is dropp
 process, waiters are served first come, first served.
 
 Redis layout, all under ``{prefix}:{<key>}`` (the braces make it one Redis Cluster slot):
-the hash itself (``limit``, ``learned``, ``blocked_until``, ``others``, ``others_until``,
-``observed``, ``seq``, ``window``) and the sorted sets ``:inflight`` (ticket by ticket),
-``:expiry`` (ticket by reservation expiry), ``:done`` (ticket by response time), ``:waitq``
-(process by queue position), ``:waitdl`` (process by deadline) plus the hash ``:waitn``
-(tokens each process wants).  Every script sets the keys to expire one window plus
-`reservation_ttl` after the last use (longer while a 429 pause lasts): an abandoned budget
-vanishes.
+the hash itself (``limit``, ``need_probe``, ``blocked_until``, ``others``, ``others_until``,
+``observed``, ``observed_at``, ``seq``, ``window``) and the sorted sets ``:inflight``
+(ticket by ticket), ``:expiry`` (ticket by reservation expiry), ``:done`` (ticket by response
+time), ``:waitq`` (process by queue position), ``:waitdl`` (process by deadline) plus the hash
+``:waitn`` (tokens each process wants); wake-ups go out on the channel ``:wake``.  Every
+script sets the keys to expire one window plus `reservation_ttl` after the last use (longer
+while a 429 pause lasts): an abandoned budget vanishes.
 
 redis-py is optional (``pip install 'evenergy-async[redis]'``): this module imports without
 it, and `RedisRateLimiter` raises ImportError at construction when it is missing.
@@ -94,8 +96,8 @@ class BudgetSnapshot:
 
     key: str
     window: float
-    limit: int | None  # None: not learned yet, or the server sends no limit
-    learned: bool
+    limit: int | None  # None: not known yet, or the server sends no limit
+    need_probe: bool  # the next request goes alone (a new budget, or after a 429)
     used: int  # requests the server may hold in its window now (ours + others')
     in_flight: int
     completed: int  # answered requests still inside the window
@@ -111,11 +113,14 @@ class BudgetSnapshot:
 # ARGV: 1 window, 2 channel, 3 reservation_ttl, 4 this process's id, then per script.
 
 _PRELUDE = r"""
+-- Redis < 5 needs this to write after TIME; later versions always replicate effects.
+if redis.replicate_commands then pcall(redis.replicate_commands) end
 local H, INF, EXP, DONE, WQ, WD, WN = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local window = tonumber(ARGV[1])
 local channel = ARGV[2]
 local res_ttl = tonumber(ARGV[3])
 local me = ARGV[4]
+local probe_every = window / 20
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 
@@ -124,20 +129,24 @@ local function opt(s) if s == nil or s == '' then return nil end return tonumber
 
 local st = {}
 do
-  local v = redis.call('HMGET', H, 'limit', 'learned', 'blocked_until', 'others',
-                       'others_until', 'observed')
+  local v = redis.call('HMGET', H, 'limit', 'need_probe', 'blocked_until', 'others',
+                       'others_until', 'observed', 'observed_at')
   st.limit = tonumber(v[1])
-  st.learned = v[2] == '1'
+  st.need_probe = v[2] ~= '0'  -- no fresh view of the server's window (a new budget, a 429)
   st.blocked_until = tonumber(v[3]) or 0
   st.others = tonumber(v[4]) or 0
   st.others_until = tonumber(v[5]) or 0
   st.observed = tonumber(v[6]) or -1
+  st.observed_at = tonumber(v[7]) or -math.huge
 end
 
 local function save()
-  local f = {'learned', st.learned and '1' or '0', 'blocked_until', fmt(st.blocked_until),
+  local f = {'need_probe', st.need_probe and '1' or '0', 'blocked_until', fmt(st.blocked_until),
              'others', st.others, 'others_until', fmt(st.others_until),
              'observed', string.format('%d', st.observed), 'window', ARGV[1]}
+  if st.observed_at > -math.huge then
+    f[#f + 1] = 'observed_at'; f[#f + 1] = fmt(st.observed_at)
+  end
   if st.limit ~= nil then f[#f + 1] = 'limit'; f[#f + 1] = st.limit end
   redis.call('HSET', H, unpack(f))
 end
@@ -169,19 +178,31 @@ local function others_now()
   return 0
 end
 
+-- The fleet's own requests the server may hold in its window.
+local function own()
+  return redis.call('ZCARD', INF) + redis.call('ZCARD', DONE)
+end
+
 local function used()
-  return redis.call('ZCARD', INF) + redis.call('ZCARD', DONE) + others_now()
+  return own() + others_now()
+end
+
+-- WindowState._may_probe: with no fresh view, or full by the estimate of others' spending
+-- alone (which may be stale), one request every window / 20 asks the server again.
+local function may_probe()
+  if st.need_probe then return true end
+  return own() < st.limit and now >= st.observed_at + probe_every
 end
 
 -- How many requests may be sent now (WindowState.try_acquire, counted).
 local function capacity()
   if now < st.blocked_until then return 0 end
-  if not st.learned then
-    if redis.call('ZCARD', INF) > 0 then return 0 end
+  if st.need_probe or (st.limit ~= nil and used() >= st.limit) then
+    if redis.call('ZCARD', INF) > 0 or not may_probe() then return 0 end
     return 1
   end
   if st.limit == nil then return math.huge end
-  return math.max(0, st.limit - used())
+  return st.limit - used()
 end
 
 local function first_score(key)
@@ -190,19 +211,22 @@ local function first_score(key)
   return nil
 end
 
--- WindowState.next_change, plus the expiry of reservations (a dead worker's tokens).
+-- WindowState.next_change, plus the expiry of reservations: a dead worker's request stops
+-- being in flight then (which may allow a probe).
 local function next_change()
   if now < st.blocked_until then return st.blocked_until end
   local first_exp = first_score(EXP)
-  if not st.learned then return first_exp end
-  if st.limit == nil then return nil end
-  local c = nil
-  local d = first_score(DONE)
-  if d ~= nil then c = d + window end
-  if st.others > 0 and now < st.others_until then
-    if c == nil or st.others_until < c then c = st.others_until end
+  if st.need_probe or st.limit == nil then return first_exp end
+  local c = first_exp
+  local function consider(t)
+    if c == nil or t < c then c = t end
   end
-  if first_exp ~= nil and (c == nil or first_exp + window < c) then c = first_exp + window end
+  local d = first_score(DONE)
+  if d ~= nil then consider(d + window) end
+  if others_now() > 0 then
+    consider(st.others_until)
+    if first_exp == nil and own() < st.limit then consider(st.observed_at + probe_every) end
+  end
   return c
 end
 
@@ -210,12 +234,17 @@ end
 -- assuming every request in flight is answered now.
 local function estimate_wait(ahead)
   local blocked = math.max(0, st.blocked_until - now)
-  if not st.learned or st.limit == nil then return blocked end
+  if st.limit == nil then return blocked end
   local ndone = redis.call('ZCARD', DONE)
   local ninf = redis.call('ZCARD', INF)
   local oth = others_now()
   local excess = ndone + ninf + oth + ahead + 1 - st.limit
   if excess <= 0 then return blocked end
+  local total = ndone + ninf + oth
+  if total == 0 then return math.huge end  -- nothing of ours comes back, others unknown
+  -- every token comes back a window after it was spent: the queue moves `total` a window
+  local turns = math.floor((excess - 1) / total)
+  excess = excess - turns * total
   -- the excess-th smallest of: done + window (sorted), others_until (oth times),
   -- now + window (ninf times); everything is <= now + window.
   local before = 0
@@ -230,12 +259,10 @@ local function estimate_wait(ahead)
   elseif excess <= ndone + oth then
     local k = excess - oth - 1
     at = tonumber(redis.call('ZRANGE', DONE, k, k, 'WITHSCORES')[2]) + window
-  elseif excess <= ndone + oth + ninf then
-    at = now + window
   else
-    return math.huge
+    at = now + window
   end
-  return math.max(blocked, at - now)
+  return math.max(blocked, at + turns * window - now)
 end
 
 local function notify()
@@ -357,8 +384,7 @@ return out
 # Returns 1 if a token was freed for waiters (and they were told), else 0.
 _RECORD = r"""
 expire()
-local cap0 = capacity()
-local was_learned = st.learned
+local cap0, nc0 = capacity(), next_change()
 local tks = ARGV[5]
 local tk = tonumber(tks)
 local limit = opt(ARGV[6])
@@ -372,31 +398,31 @@ if redis.call('ZREM', INF, tks) == 1 then
 elseif redis.call('ZSCORE', DONE, tks) then
   redis.call('ZADD', DONE, fmt(now), tks)  -- answered after its reservation expired
 end
-st.learned = true
 if limit ~= nil then st.limit = limit end
 if status == 429 then
   local wait = retry_after
-  if wait == nil then
-    local following = next_change()
-    if following ~= nil then wait = following - now else wait = 1.0 end
+  if wait == nil then  -- no Retry-After: until one of the fleet's tokens returns
+    local d = first_score(DONE)
+    if d ~= nil then wait = d + window - now else wait = probe_every end
   end
   if now + wait > st.blocked_until then st.blocked_until = now + wait end
-end
-if st.limit ~= nil and tk >= st.observed then
-  local rem = remaining
-  if status == 429 then rem = 0 end
-  if rem ~= nil then
+  st.need_probe = true
+else
+  st.need_probe = false
+  if st.limit ~= nil and remaining ~= nil and tk >= st.observed then
     st.observed = tk
+    st.observed_at = now
     -- the server counted our requests sent before this one; later ones may not have arrived
     local later = redis.call('ZCOUNT', INF, '(' .. tks, '+inf')
-    local ours = used() - later - others_now()
-    st.others = 0
+    st.others = math.max(0, st.limit - remaining - (own() - later))
     st.others_until = now + window
   end
 end
 save()
+-- Tell waiters if a token came free, or may come free sooner than they were told.
 local woke = 0
-if capacity() > cap0 or not was_learned then
+local cap1, nc1 = capacity(), next_change()
+if cap1 > cap0 or (cap1 == 0 and nc1 ~= nil and (nc0 == nil or nc1 < nc0)) then
   notify()
   woke = 1
 end
@@ -407,7 +433,7 @@ return woke
 # ARGV 5 ticket, 6 sent (1/0).  Returns 1 if a token was freed for waiters, else 0.
 _RELEASE = r"""
 expire()
-local cap0 = capacity()
+local cap0, nc0 = capacity(), next_change()
 local tks = ARGV[5]
 local sent = ARGV[6] == '1'
 if redis.call('ZREM', INF, tks) == 1 then
@@ -418,7 +444,8 @@ elseif redis.call('ZSCORE', DONE, tks) then
   if sent then redis.call('ZADD', DONE, fmt(now), tks) else redis.call('ZREM', DONE, tks) end
 end
 local woke = 0
-if capacity() > cap0 then
+local cap1, nc1 = capacity(), next_change()
+if cap1 > cap0 or (cap1 == 0 and nc1 ~= nil and (nc0 == nil or nc1 < nc0)) then
   notify()
   woke = 1
 end
@@ -434,7 +461,7 @@ touch()
 return 0
 """
 
-# Returns {window, limit or '', learned, used, in flight, done, others, blocked_for,
+# Returns {window, limit or '', need_probe, used, in flight, done, others, blocked_for,
 # waiting processes, waiting tasks}.
 _SNAPSHOT = r"""
 local stored = tonumber(redis.call('HGET', H, 'window'))
@@ -443,7 +470,7 @@ expire()
 purge_waiters()
 local tasks = 0
 for _, w in ipairs(redis.call('HVALS', WN)) do tasks = tasks + (tonumber(w) or 0) end
-return {fmt(window), st.limit and tostring(st.limit) or '', st.learned and 1 or 0, used(),
+return {fmt(window), st.limit and tostring(st.limit) or '', st.need_probe and 1 or 0, used(),
         redis.call('ZCARD', INF), redis.call('ZCARD', DONE), others_now(),
         fmt(math.max(0, st.blocked_until - now)), redis.call('ZCARD', WQ), tasks}
 """
@@ -497,7 +524,7 @@ class RedisRateLimiter:
         reservation_ttl: float = 60.0,
         poll_interval: float = 5.0,
         connect_timeout: float = 2.0,
-        socket_timeout: float = 5.0,
+        socket_timeout: float = 2.0,
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
         redis = _import_redis()
@@ -512,12 +539,15 @@ class RedisRateLimiter:
         if isinstance(url_or_client, str):
             from redis.asyncio.retry import Retry
             from redis.backoff import ExponentialBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
 
             self._redis = redis.asyncio.Redis.from_url(
                 url_or_client,
                 socket_connect_timeout=connect_timeout,
                 socket_timeout=socket_timeout,
-                retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+                # one quick retry for a dropped connection; a timeout is not retried, so an
+                # unreachable Redis is reported after `connect_timeout`, not minutes later
+                retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, (RedisConnectionError,)),
             )
             self._owns_redis = True
             self._where = _redact(url_or_client)
@@ -718,7 +748,7 @@ class RedisRateLimiter:
             key=self._key or "",
             window=float(r[0]),
             limit=None if limit is None else int(limit),
-            learned=bool(int(r[2])),
+            need_probe=bool(int(r[2])),
             used=int(r[3]),
             in_flight=int(r[4]),
             completed=int(r[5]),

@@ -49,6 +49,10 @@ class OutcomeUnknown(TransportError):
     """A non-repeatable request may or may not have taken effect (no response arrived)."""
 
 
+class _MaybeSent(TransportError):
+    """The request failed after it may have reached the server."""
+
+
 @attrs.frozen
 class Response:
     status: int
@@ -139,7 +143,7 @@ class Session:
                     method, url, acting_user, json, form, multipart
                 )
             except TransportError as exc:
-                if not repeatable:
+                if not repeatable and isinstance(exc, _MaybeSent):
                     raise OutcomeUnknown(str(exc)) from exc.__cause__
                 if attempt >= self.max_retries:
                     raise
@@ -211,8 +215,11 @@ class Session:
                 body = await resp.read()
                 response = Response(resp.status, resp.headers, body, resp.url)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            # A connection that was never made carried nothing: not sent, whatever the method.
+            sent = sent and not isinstance(exc, aiohttp.ClientConnectorError)
             limiter.release(ticket, sent=sent)
-            raise TransportError(f"{method} {url.path} failed: {_describe(exc)}") from exc
+            failure = _MaybeSent if sent else TransportError
+            raise failure(f"{method} {url.path} failed: {_describe(exc)}") from exc
         except BaseException:  # cancelled, or our own error: the token may have been spent
             limiter.release(ticket, sent=sent)
             raise

@@ -93,6 +93,10 @@ class Client:
             limiter = RateLimiter(rate_limit_window)
         else:
             limiter.configure(window=rate_limit_window)
+            # A shared limiter keys its budget by who spends it: a fingerprint, never the secret.
+            bind = getattr(limiter, "bind_identity", None)
+            if bind is not None:
+                bind(credentials.client_id if credentials is not None else token)
         session_obj = Session(
             base_url=base,
             auth=auth,

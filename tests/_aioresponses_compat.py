@@ -10,7 +10,9 @@ from typing import Any
 import aiohttp
 import aioresponses.core
 
-_NEEDS_STREAM_WRITER = "stream_writer" in inspect.signature(aiohttp.ClientResponse.__init__).parameters
+_NEEDS_STREAM_WRITER = (
+    "stream_writer" in inspect.signature(aiohttp.ClientResponse.__init__).parameters
+)
 
 
 class _SentWriter:

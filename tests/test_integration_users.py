@@ -79,7 +79,7 @@ async def test_get_serves_location_detail(client):
     assert by_id == me
     assert isinstance(me.default_location, ev.Location)
     assert me.default_location.current_carbon_intensity_grams_per_kilowatt_hour is not ev.UNSET
-    listed = [u async for u in client.users.list(page_size=1)][0]
+    listed = (await client.users.pages(page_size=1).__anext__()).items[0]
     assert isinstance(listed.default_location, ev.Location)
     assert listed.default_location.current_carbon_intensity_grams_per_kilowatt_hour is ev.UNSET
 
@@ -98,7 +98,9 @@ async def test_create_in_each_encoding(client, encoding):
 
 
 async def test_update_leaves_unset_fields_alone_and_none_clears(client):
-    user = await client.users.create(email="patch@example.com", default_location=ev.Location(**ADDRESS))
+    user = await client.users.create(
+        email="patch@example.com", default_location=ev.Location(**ADDRESS)
+    )
     renamed = await client.users.update(user.id, email="patched@example.com")
     assert renamed.email == "patched@example.com"
     assert isinstance(renamed.default_location, ev.Location)
@@ -131,10 +133,14 @@ async def test_update_with_none_clears_the_whole_location(client):
 
 @pytest.mark.parametrize("encoding", ["form", "multipart"])
 async def test_form_update_clears_with_empty_values(client, encoding):
-    user = await client.users.create(email=f"f-{encoding}@example.com", default_location=ev.Location(**ADDRESS))
+    user = await client.users.create(
+        email=f"f-{encoding}@example.com", default_location=ev.Location(**ADDRESS)
+    )
     cleared = await client.users.update(
         user.id,
-        default_location=ev.Location(address_1=None, city=None, postal_code=None, country_code=None),
+        default_location=ev.Location(
+            address_1=None, city=None, postal_code=None, country_code=None
+        ),
         encoding=encoding,
     )
     assert isinstance(cleared.default_location, ev.Location)
@@ -149,7 +155,9 @@ async def test_bad_input_sends_nothing(client, fake):
         client.users.create(email="x@example.com", default_location=None),  # type: ignore[arg-type]
         client.users.update(me.id, default_location=ev.Location(address_1="only this")),
         client.users.create(email="not-an-email"),
-        client.users.update(me.id, default_location=ev.Location(**{**ADDRESS, "country_code": "XX"})),
+        client.users.update(
+            me.id, default_location=ev.Location(**{**ADDRESS, "country_code": "XX"})
+        ),
     ]
     for call in cases:
         with pytest.raises(ev.InvalidRequest):
@@ -188,7 +196,7 @@ async def test_client_credentials_fetch_once_and_refresh(spec_check):
     async with FakeEvEnergy(users=5, token_lifetime=1.0, on_exchange=spec_check) as fake:
         creds = ev.ClientCredentials(fake.client_id, fake.client_secret)
         async with ev.Client(credentials=creds, base_url=fake.base_url) as client:
-            me = await client.as_user((await _first_id(client))).users.get("me")
+            me = await client.as_user(await _first_id(client)).users.get("me")
             await asyncio.gather(*(client.users.get(me.id) for _ in range(20)))
             assert fake.stats.token_fetches == 1
             await asyncio.sleep(1.1)  # past the token's lifetime
@@ -223,7 +231,9 @@ async def test_caller_owned_session_is_left_open(fake):
         async with ev.Client(token=fake.token, base_url=fake.base_url, session=http) as client:
             await client.users.get("me")
         assert not http.closed
-        async with http.get(f"{fake.base_url}/users/me", headers={"Authorization": f"Bearer {fake.token}"}) as r:
+        async with http.get(
+            f"{fake.base_url}/users/me", headers={"Authorization": f"Bearer {fake.token}"}
+        ) as r:
             assert r.status == 200
 
 

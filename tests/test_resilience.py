@@ -19,46 +19,50 @@ def fast_retries(client: ev.Client) -> ev.Client:
 
 async def test_spends_the_whole_budget_without_a_429():
     """16 tasks hammering a 20-per-1s window for 2.5 s: 3 windows' worth, no 429."""
-    async with FakeEvEnergy(users=20, rate_limit=20, rate_window=1.0) as fake:
-        async with ev.Client(token=fake.token, base_url=fake.base_url, rate_limit_window=1.0) as client:
-            me = await client.users.get("me")
-            done = 0
-            deadline = time.monotonic() + 2.45
+    async with (
+        FakeEvEnergy(users=20, rate_limit=20, rate_window=1.0) as fake,
+        ev.Client(token=fake.token, base_url=fake.base_url, rate_limit_window=1.0) as client,
+    ):
+        me = await client.users.get("me")
+        done = 0
+        deadline = time.monotonic() + 2.45
 
-            async def worker() -> None:
-                nonlocal done
-                while time.monotonic() < deadline:
-                    try:
-                        await asyncio.wait_for(client.users.get(me.id), deadline - time.monotonic())
-                    except asyncio.TimeoutError:
-                        return
-                    done += 1
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < deadline:
+                try:
+                    await asyncio.wait_for(client.users.get(me.id), deadline - time.monotonic())
+                except asyncio.TimeoutError:
+                    return
+                done += 1
 
-            await asyncio.gather(*(worker() for _ in range(16)))
-            assert fake.stats.rate_limited == 0
-            assert fake.stats.statuses[429] == 0
-            # 60 allowed in [0, 2.45) with 20 per rolling second; the probe took one.
-            assert done + 1 >= 0.95 * 60
-            assert client.limiter.stats.waits > 0
+        await asyncio.gather(*(worker() for _ in range(16)))
+        assert fake.stats.rate_limited == 0
+        assert fake.stats.statuses[429] == 0
+        # 60 allowed in [0, 2.45) with 20 per rolling second; the probe took one.
+        assert done + 1 >= 0.95 * 60
+        assert client.limiter.stats.waits > 0
 
 
 async def test_outside_consumer_sharing_the_budget_never_fails_a_call():
-    async with FakeEvEnergy(users=10, rate_limit=20, rate_window=1.0) as fake:
-        async with ev.Client(token=fake.token, base_url=fake.base_url, rate_limit_window=1.0) as client:
-            me = await client.users.get("me")
-            stop = asyncio.Event()
+    async with (
+        FakeEvEnergy(users=10, rate_limit=20, rate_window=1.0) as fake,
+        ev.Client(token=fake.token, base_url=fake.base_url, rate_limit_window=1.0) as client,
+    ):
+        me = await client.users.get("me")
+        stop = asyncio.Event()
 
-            async def outsider() -> None:  # spends about half of the budget
-                while not stop.is_set():
-                    fake.consume(1)
-                    await asyncio.sleep(0.1)
+        async def outsider() -> None:  # spends about half of the budget
+            while not stop.is_set():
+                fake.consume(1)
+                await asyncio.sleep(0.1)
 
-            spender = asyncio.create_task(outsider())
-            results = await asyncio.gather(*(client.users.get(me.id) for _ in range(40)))
-            stop.set()
-            await spender
-            assert all(u.id == me.id for u in results)
-            assert client.rate_limit is not None and client.rate_limit.limit == 20
+        spender = asyncio.create_task(outsider())
+        results = await asyncio.gather(*(client.users.get(me.id) for _ in range(40)))
+        stop.set()
+        await spender
+        assert all(u.id == me.id for u in results)
+        assert client.rate_limit is not None and client.rate_limit.limit == 20
 
 
 async def test_a_429_pauses_every_task_and_is_not_a_retry():
@@ -77,16 +81,16 @@ async def test_a_429_pauses_every_task_and_is_not_a_retry():
 
 
 async def test_max_rate_limit_wait_raises_rate_limited():
-    async with FakeEvEnergy(users=10) as fake:
-        async with ev.Client(
-            token=fake.token, base_url=fake.base_url, max_rate_limit_wait=0.5
-        ) as client:
-            fake.faults.fail_next(1, status=429, retry_after=30)
-            with pytest.raises(ev.RateLimited) as caught:
-                await client.users.get("me")
-            assert caught.value.retry_after == pytest.approx(30, abs=1)
-            with pytest.raises(ev.RateLimited):  # the pause holds for every later call too
-                await client.users.get("me")
+    async with (
+        FakeEvEnergy(users=10) as fake,
+        ev.Client(token=fake.token, base_url=fake.base_url, max_rate_limit_wait=0.5) as client,
+    ):
+        fake.faults.fail_next(1, status=429, retry_after=30)
+        with pytest.raises(ev.RateLimited) as caught:
+            await client.users.get("me")
+        assert caught.value.retry_after == pytest.approx(30, abs=1)
+        with pytest.raises(ev.RateLimited):  # the pause holds for every later call too
+            await client.users.get("me")
 
 
 async def test_server_errors_are_retried_with_backoff_then_raised():
