@@ -556,9 +556,10 @@ class RedisRateLimiter:
             self._owns_redis = False
             self._where = "the given Redis client"
         else:
-            raise TypeError(
-                "RedisRateLimiter needs a redis:// URL or a redis.asyncio.Redis client, "
-                f"not {type(url_or_client).__name__}"
+            raise InvalidRequest(
+                "url_or_client",
+                "expected a redis:// URL or a redis.asyncio.Redis client, "
+                f"not {type(url_or_client).__name__}",
             )
         self.window = float(window)
         self.stats = LimiterStats()

@@ -375,7 +375,7 @@ async def test_max_wait_counts_the_waiters_ahead_and_cancelled_waiters_leave(
 
 
 async def test_arguments_are_checked(redis_url: str) -> None:
-    with pytest.raises(TypeError, match=r"redis\.asyncio\.Redis"):
+    with pytest.raises(ev.InvalidRequest, match=r"redis\.asyncio\.Redis"):
         RedisRateLimiter(42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="window"):
         RedisRateLimiter(redis_url, key="k", window=0)
