@@ -18,7 +18,7 @@ import contextvars
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from typing import Any, TypeVar, Union, get_args, get_origin
 
@@ -41,11 +41,11 @@ from .models import (
     UnsetType,
     User,
 )
-from .refs import Ref, Resolver
+from .refs import _MISSING, Ref, Resolver
 
 T = TypeVar("T")
 
-__all__ = ["decode", "decode_list", "to_wire"]
+__all__ = ["UserDecoder", "decode", "decode_list", "to_wire"]
 
 
 class _DecodeContext:
@@ -105,9 +105,12 @@ if sys.version_info >= (3, 11):
 
     def _datetime(value: Any, _: Any = None) -> datetime:
         try:
-            return datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(value)
         except (TypeError, ValueError):
             raise _fail("expected an ISO 8601 date-time", value) from None
+        if parsed.tzinfo is None:  # RFC 3339 date-times carry an offset
+            raise _fail("expected a date-time with a UTC offset", value)
+        return parsed
 
 else:  # 3.10's fromisoformat does not read a trailing "Z"
 
@@ -115,9 +118,12 @@ else:  # 3.10's fromisoformat does not read a trailing "Z"
         try:
             if value[-1:] == "Z":
                 value = value[:-1] + "+00:00"
-            return datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(value)
         except (TypeError, ValueError):
             raise _fail("expected an ISO 8601 date-time", value) from None
+        if parsed.tzinfo is None:  # RFC 3339 date-times carry an offset
+            raise _fail("expected a date-time with a UTC offset", value)
+        return parsed
 
 
 def _date(value: Any, _: Any = None) -> date:
@@ -142,121 +148,162 @@ def _country(value: Any) -> str | None:
 # --- refs ------------------------------------------------------------------------------------
 
 
-def _ref(value: Any, target: Any) -> Ref[Any]:
+def _ref(value: Any, target: Any, ctx: _DecodeContext) -> Ref[Any]:
     """A URL, or an expanded object (with its own `url`) decoded as `target`."""
-    ctx = _context.get()
     if type(value) is str:
-        return Ref(value, resolver=ctx.resolver)
+        return Ref(value, _MISSING, ctx.resolver)
     if type(value) is dict:
         url = value.get("url")
         if type(url) is not str:
             raise _fail("expanded relation without a url", value)
-        decoded = value if target is Any else converter.structure(value, target)
+        if target is Any:
+            decoded = value
+        else:  # models cattrs decodes find the context in the context variable
+            token = _context.set(ctx)
+            try:
+                decoded = converter.structure(value, target)
+            finally:
+                _context.reset(token)
         ref: Ref[Any] = Ref(url, decoded, ctx.resolver)
         ctx.expanded.append(ref)
         return ref
     raise _fail("expected a URL or an expanded object", value)
 
 
-def _ref_tuple(value: Any) -> tuple[Ref[Any], ...]:
+def _ref_tuple(value: Any, ctx: _DecodeContext) -> tuple[Ref[Any], ...]:
     if type(value) is not list:
         raise _fail("expected an array of URLs", value)
-    resolver = _context.get().resolver
+    resolver = ctx.resolver
+    refs: list[Ref[Any]] = []
     for url in value:
         if type(url) is not str:
             raise _fail("expected a URL", url)
-    return tuple([Ref(url, resolver=resolver) for url in value])
+        refs.append(Ref(url, _MISSING, resolver))
+    return tuple(refs)
 
 
 # --- hot models, by hand ---------------------------------------------------------------------
+# Decoded once per user of every stream, so written for speed: instances are filled through
+# their slots' descriptors (a frozen attrs __init__ goes through object.__setattr__ once per
+# field, twice as slow), and optional strings are checked with one set lookup each.  The
+# result is the same object __init__ would build.
 
 
-def _opt_str(data: dict[str, Any], key: str) -> Any:
-    value = data.get(key, UNSET)
-    if value is UNSET or value is None or type(value) is str:
-        return value
-    raise _fail(f"{key}: expected a string or null", value)
+def _slot_setters(cls: type) -> tuple[Callable[[Any, Any], None], ...]:
+    return tuple(cls.__dict__[field.name].__set__ for field in attrs.fields(cls))
+
+
+_new = object.__new__
+_U_ID, _U_URL, _U_EMAIL, _U_NAME, _U_JOINED, _U_CONSENT, _U_LOC, _U_VEH, _U_EVSES = _slot_setters(
+    User
+)
+_L_A1, _L_A2, _L_POSTAL, _L_COUNTRY, _L_COORDS, _L_TARIFF, _L_CITY, _L_STATE, _L_SITE, _L_CO2 = (
+    _slot_setters(Location)
+)
+_LL_LAT, _LL_LON = _slot_setters(LatLong)
+_OPTIONAL_STR = frozenset({str, type(None), UnsetType})
+_LOCATION_TEXT = ("address_1", "address_2", "postal_code", "city", "state")
 
 
 def _lat_long(value: Any, _: Any = None) -> LatLong:
     if type(value) is not dict:
         raise _fail("coordinates: expected an object", value)
     try:
-        return LatLong(_float(value["latitude"]), _float(value["longitude"]))
+        latitude = value["latitude"]
+        longitude = value["longitude"]
     except KeyError as exc:
         raise _Invalid(f"coordinates: missing {exc}") from None
+    point = _new(LatLong)
+    _LL_LAT(point, latitude if type(latitude) is float else _float(latitude))
+    _LL_LON(point, longitude if type(longitude) is float else _float(longitude))
+    return point
 
 
-def _location(data: Any, _: Any = None) -> Location:
+def _location(data: Any, ctx: _DecodeContext) -> Location:
     if type(data) is not dict:
         raise _fail("default_location: expected an object", data)
-    coordinates = data.get("coordinates", UNSET)
+    get = data.get
+    address_1 = get("address_1", UNSET)
+    address_2 = get("address_2", UNSET)
+    postal_code = get("postal_code", UNSET)
+    city = get("city", UNSET)
+    state = get("state", UNSET)
+    if not (
+        type(address_1) in _OPTIONAL_STR
+        and type(address_2) in _OPTIONAL_STR
+        and type(postal_code) in _OPTIONAL_STR
+        and type(city) in _OPTIONAL_STR
+        and type(state) in _OPTIONAL_STR
+    ):
+        bad = next(k for k in _LOCATION_TEXT if type(get(k, UNSET)) not in _OPTIONAL_STR)
+        raise _fail(f"{bad}: expected a string or null", get(bad))
+    country = get("country_code", UNSET)
+    if country is not UNSET and country is not None and country not in COUNTRY_CODES:
+        raise _fail("expected an ISO 3166-1 alpha-2 country code", country)
+    coordinates = get("coordinates", UNSET)
     if coordinates is not UNSET and coordinates is not None:
         coordinates = _lat_long(coordinates)
-    tariff = data.get("tariff", UNSET)
+    tariff = get("tariff", UNSET)
     if tariff is not UNSET and tariff is not None:
-        tariff = _ref(tariff, Tariff)
-    site = data.get("evse_site", UNSET)
+        tariff = _ref(tariff, Tariff, ctx)
+    site = get("evse_site", UNSET)
     if site is not UNSET and site is not None:
-        site = _ref(site, EVSESite)
-    country = data.get("country_code", UNSET)
-    if country is not UNSET:
-        country = _country(country)
-    carbon = data.get("current_carbon_intensity_grams_per_kilowatt_hour", UNSET)
+        site = _ref(site, EVSESite, ctx)
+    carbon = get("current_carbon_intensity_grams_per_kilowatt_hour", UNSET)
     if carbon is not UNSET and carbon is not None:
         carbon = _int(carbon)
-    return Location(
-        address_1=_opt_str(data, "address_1"),
-        address_2=_opt_str(data, "address_2"),
-        postal_code=_opt_str(data, "postal_code"),
-        country_code=country,
-        coordinates=coordinates,
-        tariff=tariff,
-        city=_opt_str(data, "city"),
-        state=_opt_str(data, "state"),
-        evse_site=site,
-        current_carbon_intensity_grams_per_kilowatt_hour=carbon,
-    )
+    location = _new(Location)
+    _L_A1(location, address_1)
+    _L_A2(location, address_2)
+    _L_POSTAL(location, postal_code)
+    _L_COUNTRY(location, country)
+    _L_COORDS(location, coordinates)
+    _L_TARIFF(location, tariff)
+    _L_CITY(location, city)
+    _L_STATE(location, state)
+    _L_SITE(location, site)
+    _L_CO2(location, carbon)
+    return location
 
 
-def _user(data: Any, _: Any = None) -> User:
+def _user(data: Any, ctx: _DecodeContext) -> User:
     if type(data) is not dict:
         raise _fail("expected a User object", data)
-    try:
-        user_id = data["id"]
-        url = data["url"]
-    except KeyError as exc:
-        raise _Invalid(f"User without {exc}") from None
+    get = data.get
+    user_id = get("id")
+    url = get("url")
     if type(user_id) is not str or type(url) is not str:
+        if user_id is None or url is None:
+            raise _Invalid(f"User without {'id' if user_id is None else 'url'}")
         raise _fail("User id and url must be strings", (user_id, url))
-    email = data.get("email", UNSET)
+    email = get("email", UNSET)
     if email is not UNSET and type(email) is not str:
         raise _fail("email: expected a string", email)
-    full_name = data.get("full_name", UNSET)
+    full_name = get("full_name", UNSET)
     if full_name is not UNSET and type(full_name) is not str:
         raise _fail("full_name: expected a string", full_name)
-    joined_at = data.get("joined_at", UNSET)
+    joined_at = get("joined_at", UNSET)
     if joined_at is not UNSET:
         joined_at = _datetime(joined_at)
-    consent = data.get("terms_consent_datetime", UNSET)
+    consent = get("terms_consent_datetime", UNSET)
     if consent is not UNSET and consent is not None:
         consent = _datetime(consent)
-    location = data.get("default_location", UNSET)
+    location = get("default_location", UNSET)
     if location is not UNSET:
-        location = _location(location)
-    vehicles = data.get("vehicles")
-    evses = data.get("evses")
-    return User(
-        id=user_id,
-        url=url,
-        email=email,
-        full_name=full_name,
-        joined_at=joined_at,
-        terms_consent_datetime=consent,
-        default_location=location,
-        vehicles=_ref_tuple(vehicles) if vehicles is not None else (),
-        evses=_ref_tuple(evses) if evses is not None else (),
-    )
+        location = _location(location, ctx)
+    vehicles = get("vehicles")
+    evses = get("evses")
+    user = _new(User)
+    _U_ID(user, user_id)
+    _U_URL(user, url)
+    _U_EMAIL(user, email)
+    _U_NAME(user, full_name)
+    _U_JOINED(user, joined_at)
+    _U_CONSENT(user, consent)
+    _U_LOC(user, location)
+    _U_VEH(user, () if vehicles is None or vehicles == [] else _ref_tuple(vehicles, ctx))
+    _U_EVSES(user, () if evses is None or evses == [] else _ref_tuple(evses, ctx))
+    return user
 
 
 # --- the converter ---------------------------------------------------------------------------
@@ -271,10 +318,12 @@ for _type, _hook in (
     (datetime, _datetime),
     (date, _date),
     (LatLong, _lat_long),
-    (Location, _location),
-    (User, _user),
 ):
     converter.register_structure_hook(_type, _hook)
+# Through the converter (nested in a model cattrs decodes), the hot hooks find their context
+# in the context variable `decode` sets.
+converter.register_structure_hook(Location, lambda value, _: _location(value, _context.get()))
+converter.register_structure_hook(User, lambda value, _: _user(value, _context.get()))
 converter.register_structure_hook_func(
     lambda t: t is Mapping[str, Any] or t == typing.Mapping[str, Any], _mapping
 )
@@ -285,17 +334,17 @@ def _is_ref(t: Any) -> bool:
 
 
 converter.register_structure_hook_func(
-    _is_ref, lambda value, t: _ref(value, (get_args(t) or (Any,))[0])
+    _is_ref, lambda value, t: _ref(value, (get_args(t) or (Any,))[0], _context.get())
 )
 converter.register_structure_hook_func(
-    lambda t: t == tuple[Ref[Any], ...], lambda value, _: _ref_tuple(value)
+    lambda t: t == tuple[Ref[Any], ...], lambda value, _: _ref_tuple(value, _context.get())
 )
 
 
 def _prices(value: Any, _: Any) -> Ref[Any] | tuple[Price, ...]:
     """TariffDetail.prices: the price list's URL, or the prices themselves when expanded."""
     if type(value) is str:
-        return _ref(value, Any)
+        return _ref(value, Any, _context.get())
     if type(value) is list:
         return tuple([converter.structure(item, Price) for item in value])
     raise _fail("prices: expected a URL or an array", value)
@@ -352,7 +401,8 @@ def decode(data: Any, cls: type[T], resolver: Resolver | None) -> tuple[T, list[
     ctx = _DecodeContext(resolver)
     token = _context.set(ctx)
     try:
-        return converter.structure(data, cls), ctx.expanded
+        value: Any = _user(data, ctx) if cls is User else converter.structure(data, cls)
+        return value, ctx.expanded
     except _DECODE_ERRORS as exc:
         raise InvalidResponse(f"cannot decode {cls.__name__}: {_reason(exc)}") from None
     finally:
@@ -369,7 +419,7 @@ def decode_list(
     token = _context.set(ctx)
     try:
         if cls is User:
-            items: list[Any] = [_user(item) for item in data]
+            items: list[Any] = [_user(item, ctx) for item in data]
         else:
             structure = converter.get_structure_hook(cls)
             items = [structure(item, cls) for item in data]
@@ -378,6 +428,30 @@ def decode_list(
         raise InvalidResponse(f"cannot decode {cls.__name__} list: {_reason(exc)}") from None
     finally:
         _context.reset(token)
+
+
+class UserDecoder:
+    """Decodes users one at a time, so a stream builds each just before handing it over (a
+    page of models built up front outlives the young garbage collection and costs full ones).
+    """
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, resolver: Resolver | None) -> None:
+        self._ctx = _DecodeContext(resolver)
+
+    def __call__(self, data: Any) -> User:
+        try:
+            return _user(data, self._ctx)
+        except _DECODE_ERRORS as exc:
+            raise InvalidResponse(f"cannot decode User: {_reason(exc)}") from None
+
+    def take_expanded(self) -> list[Ref[Any]]:
+        """The relations that arrived expanded since the last call."""
+        expanded = self._ctx.expanded
+        if expanded:
+            self._ctx.expanded = []
+        return expanded
 
 
 def _reason(exc: Exception) -> str:

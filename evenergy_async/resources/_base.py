@@ -12,7 +12,7 @@ from yarl import URL
 from .. import _sansio
 from .._convert import decode, decode_list
 from .._session import Response, merge_params
-from ..errors import EvEnergyError
+from ..errors import EvEnergyError, InvalidResponse
 from ..models import Page
 
 if TYPE_CHECKING:
@@ -50,11 +50,30 @@ class Collection:
     async def _pages(
         self, url: URL, cls: type[T], params: Mapping[str, Any], cursor: str | None = None
     ) -> AsyncGenerator[Page[T], None]:
-        """Every page from `url` on, following ``Link: rel="next"`` (RFC 8288).
+        """Every page from `url` on, decoded as `cls`; see `_raw_pages`."""
+        client = self._client
+        pages = self._raw_pages(url, params, cursor)
+        try:
+            async for raw in pages:
+                try:
+                    items, expanded = decode_list(raw.items, cls, client)
+                except EvEnergyError as exc:
+                    exc.resume_cursor = cursor
+                    raise
+                client._remember(expanded)
+                yield Page(items, raw.next_url, raw.next_cursor, raw.previous_url)
+                cursor = raw.next_cursor or cursor
+        finally:
+            await pages.aclose()
 
-        The next page's request is sent before the current page is decoded, so the network and
-        the decoder work at the same time; at most one page is fetched ahead.  A failure that
-        ends the stream carries ``resume_cursor``: the ``page_after`` to continue from.
+    async def _raw_pages(
+        self, url: URL, params: Mapping[str, Any], cursor: str | None = None
+    ) -> AsyncGenerator[Page[Any], None]:
+        """Every page from `url` on as JSON items, following ``Link: rel="next"`` (RFC 8288).
+
+        The next page's request is sent before the current page is handed over, so the network
+        and the decoder work at the same time; at most one page is fetched ahead.  A failure
+        that ends the stream carries ``resume_cursor``: the ``page_after`` to continue from.
         """
         client = self._client
         next_url: URL | None = merge_params(url, params)
@@ -78,8 +97,9 @@ class Collection:
                     )
                     fetch = asyncio.ensure_future(client._request("GET", next_url))
                     await asyncio.sleep(0)  # let it be sent before decoding this page
-                items, expanded = decode_list(_sansio.decode_json(response.body), cls, client)
-                client._remember(expanded)
+                items = _sansio.decode_json(response.body)
+                if type(items) is not list:
+                    raise InvalidResponse(f"expected a JSON array, got {type(items).__name__}")
                 next_cursor = next_url.query.get("page_after") if next_url is not None else None
                 previous = links.get("previous")
                 yield Page(items, str(next_url) if next_url else None, next_cursor, previous)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any, Literal
 
 from .. import _validate as v
+from .._convert import UserDecoder
 from .._session import OutcomeUnknown, Response, merge_params
 from ..errors import BadRequest, EvEnergyError, InvalidRequest
 from ..models import UNSET, Location, Page, UnsetType, User
@@ -74,30 +75,49 @@ class Users(Collection):
         """
         params = self._list_params(page_size, email, expand, page_after, page_before)
         paths = v.check_expand(resolve, v.USER_EXPANSIONS, "resolve")
+        stream = self._resolved(params, page_after, paths) if paths else self._decoded(params)
         last_id = page_after
-        pages = self._pages(self._url(), User, params, page_after)
-        pending: tuple[list[User], asyncio.Task[None]] | None = None
+        try:
+            async for user in stream:
+                yield user
+                last_id = user.id
+        except EvEnergyError as exc:
+            exc.resume_cursor = last_id
+            raise
+        finally:
+            await stream.aclose()
+
+    async def _decoded(self, params: dict[str, Any]) -> AsyncGenerator[User, None]:
+        """Users decoded one by one, as the consumer takes them."""
+        client = self._client
+        decode = UserDecoder(client)
+        pages = self._raw_pages(self._url(), params)
         try:
             async for page in pages:
-                if not paths:
-                    for user in page.items:
-                        yield user
-                        last_id = user.id
-                    continue
+                for item in page.items:
+                    yield decode(item)
+                client._remember(decode.take_expanded())
+        finally:
+            await pages.aclose()
+
+    async def _resolved(
+        self, params: dict[str, Any], cursor: str | None, paths: tuple[str, ...]
+    ) -> AsyncGenerator[User, None]:
+        """Users with `paths` resolved: a page's relations are fetched while the consumer takes
+        the page before it, so at most two pages are held."""
+        pending: tuple[list[User], asyncio.Task[None]] | None = None
+        pages = self._pages(self._url(), User, params, cursor)
+        try:
+            async for page in pages:
                 task = asyncio.ensure_future(self._client._resolve_paths(page.items, paths))
                 if pending is not None:
                     for user in await _resolved(pending):
                         yield user
-                        last_id = user.id
                 pending = (page.items, task)
             if pending is not None:
-                for user in await _resolved(pending):
+                users, pending = await _resolved(pending), None
+                for user in users:
                     yield user
-                    last_id = user.id
-                pending = None
-        except EvEnergyError as exc:
-            exc.resume_cursor = last_id
-            raise
         finally:
             if pending is not None:
                 pending[1].cancel()
