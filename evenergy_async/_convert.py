@@ -18,7 +18,7 @@ import contextvars
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import date, datetime
 from typing import Any, TypeVar, Union, get_args, get_origin
 
@@ -49,11 +49,26 @@ __all__ = ["UserDecoder", "decode", "decode_list", "to_wire"]
 
 
 class _DecodeContext:
-    __slots__ = ("expanded", "resolver")
+    __slots__ = ("expanded", "resolver", "shared")
 
     def __init__(self, resolver: Resolver | None) -> None:
         self.resolver = resolver
         self.expanded: list[Ref[Any]] = []
+        # Thousands of users share a few tariffs and sites: one Ref per URL, so resolving one
+        # user's tariff resolves it for all of them, and decoding allocates less.
+        self.shared: dict[str, Ref[Any]] = {}
+
+
+_MAX_SHARED_REFS = 1024
+
+
+def _shared_ref(url: str, ctx: _DecodeContext) -> Ref[Any]:
+    ref = ctx.shared.get(url)
+    if ref is None:
+        if len(ctx.shared) >= _MAX_SHARED_REFS:
+            ctx.shared.clear()
+        ref = ctx.shared[url] = Ref(url, _MISSING, ctx.resolver)
+    return ref
 
 
 _context: contextvars.ContextVar[_DecodeContext] = contextvars.ContextVar("evenergy_decode")
@@ -245,10 +260,10 @@ def _location(data: Any, ctx: _DecodeContext) -> Location:
         coordinates = _lat_long(coordinates)
     tariff = get("tariff", UNSET)
     if tariff is not UNSET and tariff is not None:
-        tariff = _ref(tariff, Tariff, ctx)
+        tariff = _shared_ref(tariff, ctx) if type(tariff) is str else _ref(tariff, Tariff, ctx)
     site = get("evse_site", UNSET)
     if site is not UNSET and site is not None:
-        site = _ref(site, EVSESite, ctx)
+        site = _shared_ref(site, ctx) if type(site) is str else _ref(site, EVSESite, ctx)
     carbon = get("current_carbon_intensity_grams_per_kilowatt_hour", UNSET)
     if carbon is not UNSET and carbon is not None:
         carbon = _int(carbon)
@@ -440,9 +455,12 @@ class UserDecoder:
     def __init__(self, resolver: Resolver | None) -> None:
         self._ctx = _DecodeContext(resolver)
 
-    def __call__(self, data: Any) -> User:
+    def each(self, items: list[Any]) -> Iterator[User]:
+        """Each user of a page, decoded when the consumer asks for it."""
+        ctx = self._ctx
         try:
-            return _user(data, self._ctx)
+            for item in items:
+                yield _user(item, ctx)
         except _DECODE_ERRORS as exc:
             raise InvalidResponse(f"cannot decode User: {_reason(exc)}") from None
 

@@ -20,6 +20,7 @@ Every method of `WindowState` takes `now`, so tests move a clock instead of slee
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import logging
 import math
@@ -57,7 +58,7 @@ class WindowState:
         self.blocked_until = 0.0
         self._need_probe = True  # no fresh view of the server's window
         self._next_ticket = 0
-        self._in_flight: dict[Ticket, float] = {}  # ticket -> when granted
+        self._in_flight: list[Ticket] = []  # ascending: tickets are handed out in order
         self._done: collections.deque[float] = collections.deque()  # response times, ascending
         # Requests of other consumers of the budget, from the freshest response's headers.
         self._others = 0
@@ -99,7 +100,7 @@ class WindowState:
                 return None
         ticket = self._next_ticket
         self._next_ticket += 1
-        self._in_flight[ticket] = now
+        self._in_flight.append(ticket)
         return ticket
 
     def _may_probe(self, now: float) -> bool:
@@ -149,7 +150,7 @@ class WindowState:
 
     def on_response(self, ticket: Ticket, now: float, rate: RateLimit | None, status: int) -> None:
         """A response to `ticket` arrived at `now` carrying the headers in `rate`."""
-        if self._in_flight.pop(ticket, None) is not None:
+        if self._finish(ticket):
             self._done.append(now)
         if rate is not None and rate.limit is not None:
             self.limit = rate.limit
@@ -167,7 +168,7 @@ class WindowState:
         self._observed_ticket = ticket
         self._observed_at = now
         # The server counted our requests sent before this one; later ones may not have arrived.
-        later = sum(1 for t in self._in_flight if t > ticket)
+        later = len(self._in_flight) - bisect.bisect_right(self._in_flight, ticket)
         ours = self.own(now) - later
         self._others = max(0, self.limit - remaining - ours)
         self._others_until = now + self.window
@@ -178,8 +179,17 @@ class WindowState:
         If it may have reached the server it counts until `now` + window; if it was never
         sent its token is simply returned.
         """
-        if self._in_flight.pop(ticket, None) is not None and sent:
+        if self._finish(ticket) and sent:
             self._done.append(now)
+
+    def _finish(self, ticket: Ticket) -> bool:
+        """Take `ticket` out of the in-flight list; False if it was not there."""
+        in_flight = self._in_flight
+        index = bisect.bisect_left(in_flight, ticket)
+        if index < len(in_flight) and in_flight[index] == ticket:
+            del in_flight[index]
+            return True
+        return False
 
 
 @attrs.define
@@ -281,7 +291,8 @@ class RateLimiter:
         if status == 429:
             self.stats.throttled += 1
             log.debug("rate limit: 429, pausing until +%.2f s", self._state.blocked_until)
-        self._wake()
+        if self._waiters:
+            self._wake()
 
     def release(self, ticket: Ticket, *, sent: bool) -> None:
         try:
@@ -289,7 +300,8 @@ class RateLimiter:
         except RuntimeError:  # closed loop: nothing is waiting any more
             return
         self._state.on_no_response(ticket, now, sent=sent)
-        self._wake()
+        if self._waiters:
+            self._wake()
 
     def _wake(self) -> None:
         """Grant tokens to waiters in order; arm one timer for the next possible grant."""

@@ -30,9 +30,10 @@ class Collection:
 
     def __init__(self, client: Client) -> None:
         self._client = client
+        self._collection_url = client._base_url / self.path
 
     def _url(self, *segments: str) -> URL:
-        url = self._client._base_url / self.path
+        url = self._collection_url
         for segment in segments:
             url = url / segment
         return url

@@ -75,28 +75,34 @@ class Users(Collection):
         """
         params = self._list_params(page_size, email, expand, page_after, page_before)
         paths = v.check_expand(resolve, v.USER_EXPANSIONS, "resolve")
-        stream = self._resolved(params, page_after, paths) if paths else self._decoded(params)
+        client = self._client
         last_id = page_after
+        if paths:
+            resolved = self._resolved(params, page_after, paths)
+            try:
+                async for user in resolved:
+                    yield user
+                    last_id = user.id
+            except EvEnergyError as exc:
+                exc.resume_cursor = last_id
+                raise
+            finally:
+                await resolved.aclose()
+            return
+        # The hot path of every bulk sync, so one generator deep: each user is decoded just
+        # before it is handed over (a page of models built up front would outlive the young
+        # garbage collection and cost full ones).
+        decoder = UserDecoder(client)
+        pages = self._raw_pages(self._url(), params, page_after)
         try:
-            async for user in stream:
-                yield user
-                last_id = user.id
+            async for page in pages:
+                for user in decoder.each(page.items):
+                    yield user
+                    last_id = user.id
+                client._remember(decoder.take_expanded())
         except EvEnergyError as exc:
             exc.resume_cursor = last_id
             raise
-        finally:
-            await stream.aclose()
-
-    async def _decoded(self, params: dict[str, Any]) -> AsyncGenerator[User, None]:
-        """Users decoded one by one, as the consumer takes them."""
-        client = self._client
-        decode = UserDecoder(client)
-        pages = self._raw_pages(self._url(), params)
-        try:
-            async for page in pages:
-                for item in page.items:
-                    yield decode(item)
-                client._remember(decode.take_expanded())
         finally:
             await pages.aclose()
 

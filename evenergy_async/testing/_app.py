@@ -215,6 +215,7 @@ class Api:
         client_secret: str,
         token_lifetime: float,
         on_exchange: Callable[[Exchange], None] | None,
+        page_cache: int = CACHE_SIZE,
     ) -> None:
         self.world = world
         self.store = store
@@ -227,6 +228,7 @@ class Api:
         self.client_secret = client_secret
         self.token_lifetime = token_lifetime
         self.on_exchange = on_exchange
+        self.page_cache = page_cache
         self.tokens: dict[str, float] = {}  # client-credentials token -> expiry (clock time)
         self.origin = ""
         self.renderer = Renderer(world, "/v2")
@@ -540,7 +542,7 @@ class Api:
 
     def _remember(self, key: Hashable, page: CachedPage) -> CachedPage:
         self._cache[key] = page
-        if len(self._cache) > CACHE_SIZE:
+        if len(self._cache) > self.page_cache:
             self._cache.popitem(last=False)
         return page
 

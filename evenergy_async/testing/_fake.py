@@ -16,8 +16,9 @@ Conventions (each detailed in the module that implements it):
   deterministic for a seed and sort in creation order (``_ids``, ``_data``).
 - Users are generated lazily from their index: a million users cost nothing until served; writes
   go to an overlay. List pages are serialized once with orjson and cached (bounded LRU keyed by the
-  query and the acting user, dropped on every write); after a users page is served, the page its
-  ``next`` link names is rendered in the background, so a streaming client finds it cached.
+  query and the acting user, dropped on every write; ``page_cache`` pages, 512 by default: raise it
+  to hold a whole stream); after a users page is served, the page its ``next`` link names is
+  rendered in the background, so a streaming client finds it cached.
 - Writes accept JSON, urlencoded and multipart bodies (dotted keys for nested fields, empty value =
   null); a duplicate email is a 400 with ``field_errors["email"]``, not a 409 (``_payload``).
 - Rate limit: one sliding log for the whole fake (every token and every ``EvEnergy-User`` share
@@ -40,7 +41,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from evenergy_async.testing._app import Api, Exchange
+from evenergy_async.testing._app import CACHE_SIZE, Api, Exchange
 from evenergy_async.testing._data import UserStore, build_sites, build_suppliers, build_tariffs
 from evenergy_async.testing._faults import FakeStats, Faults
 from evenergy_async.testing._ratelimit import SlidingWindowLog
@@ -70,8 +71,9 @@ class FakeEvEnergy:
         client_secret: str = "fake-client-secret",
         token: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        page_cache: int = CACHE_SIZE,
     ) -> None:
-        if min(users, tariffs, suppliers, evse_sites) < 0:
+        if min(users, tariffs, suppliers, evse_sites, page_cache) < 0:
             raise ValueError("counts must not be negative")
         supplier_records = build_suppliers(seed, suppliers)
         world = World(
@@ -99,6 +101,7 @@ class FakeEvEnergy:
             client_secret=client_secret,
             token_lifetime=token_lifetime,
             on_exchange=on_exchange,
+            page_cache=page_cache,
         )
         self._runner: web.AppRunner | None = None
 

@@ -1,0 +1,97 @@
+"""What the contenders share: pydantic v2 models of the same shape, a minimal Link parser,
+and the request headers every contender sends (auth and version, as the library does)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+
+__all__ = ["PydLatLong", "PydLocation", "PydUser", "headers", "next_link", "pyd_users"]
+
+
+# --- pydantic v2 models: User / Location / LatLong, relations as plain URL strings ------------
+
+
+class PydLatLong(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    latitude: float
+    longitude: float
+
+
+class PydLocation(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    address_1: str | None = None
+    address_2: str | None = None
+    postal_code: str | None = None
+    country_code: str | None = None
+    coordinates: PydLatLong | None = None
+    tariff: str | None = None
+    city: str | None = None
+    state: str | None = None
+    evse_site: str | None = None
+    current_carbon_intensity_grams_per_kilowatt_hour: int | None = None
+
+
+class PydUser(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    id: str
+    url: str
+    email: str | None = None
+    full_name: str | None = None
+    joined_at: datetime | None = None
+    terms_consent_datetime: datetime | None = None
+    default_location: PydLocation | None = None
+    vehicles: tuple[str, ...] = ()
+    evses: tuple[str, ...] = ()
+
+
+pyd_users: TypeAdapter[list[PydUser]] = TypeAdapter(list[PydUser])
+
+
+# --- RFC 8288 Link, minimally but correctly ----------------------------------------------------
+
+# link-value = "<" URI-Reference ">" *( OWS ";" OWS link-param ); params may be quoted strings.
+_LINK = re.compile(r'<([^>]*)>((?:\s*;\s*[^;,=\s]+\s*(?:=\s*(?:"(?:[^"\\]|\\.)*"|[^;,]*))?)*)')
+_PARAM = re.compile(r'\s*;\s*([^;,=\s]+)\s*(?:=\s*(?:"((?:[^"\\]|\\.)*)"|([^;,]*)))?')
+
+
+def next_link(value: str | None) -> str | None:
+    """The target of ``rel="next"`` (rel may list several types), or None; ``<about:blank>``
+    is the API's "no such page"."""
+    if not value:
+        return None
+    for match in _LINK.finditer(value):
+        for param in _PARAM.finditer(match.group(2)):
+            if param.group(1).lower() != "rel":
+                continue
+            rel = param.group(2) if param.group(2) is not None else param.group(3) or ""
+            if "next" in rel.lower().split():
+                target = match.group(1).strip()
+                return None if target == "about:blank" else target
+            break  # only the first rel parameter counts (RFC 8288 section 3.3)
+    return None
+
+
+def headers(token: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/json",
+        "EvEnergy-Version": "2",
+    }
+
+
+def _self_test() -> None:
+    base = "http://h/v2/users?page_size=100"
+    assert next_link(f'<about:blank>; rel="previous", <{base}&page_after=x>; rel="next"') == (
+        f"{base}&page_after=x"
+    )
+    assert next_link(f'<{base}>; rel="previous", <about:blank>; rel="next"') is None
+    assert next_link(f"<{base}>; rel=next") == base
+    assert next_link(f'<{base}>; title="a, b; rel=next"; rel="prev next"') == base
+    assert next_link(f'<{base}>; rel="previous"') is None
+    assert next_link(None) is None
+
+
+_self_test()

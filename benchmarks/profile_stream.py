@@ -1,0 +1,243 @@
+"""Where the streaming time goes: the client against the floor, taken apart.
+
+Variants, alternated in rounds like the benchmarks (µs per user, lower is better):
+
+- floor:                   raw aiohttp + orjson dicts (as in bench_stream.py)
+- evenergy_async:          ``client.users.list()`` (as in bench_stream.py)
+- evenergy_async, no decode: the same with ``decode_list`` swapped for one that hands back
+                           the orjson dicts: what the session, limiter, Link handling and
+                           async generators cost on their own
+- ... gc off:              floor and client with the cyclic garbage collector disabled
+
+and for each, the time spent in the garbage collector per user (``gc.callbacks``).  Then,
+with ``--decode-breakdown``, the cost of each step of decoding one user, on pre-loaded pages.
+
+    python benchmarks/profile_stream.py --users 100000 --rounds 5 --decode-breakdown
+    python benchmarks/profile_stream.py --pyinstrument            # a profile of one stream
+    py-spy record -r 500 -o /tmp/ours.svg -- \\
+        python benchmarks/bench_stream.py --only evenergy --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import sys
+import time
+import timeit
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+from _harness import print_table, run_rounds_multi
+from _server import ServerInfo, fake_server
+from bench_decode import fetch_bodies
+from bench_stream import floor, ours
+
+from evenergy_async import User
+from evenergy_async.resources import _base
+
+
+class GCClock:
+    """Seconds spent in the cyclic garbage collector while installed."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._start
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[GCClock]:
+        gc.callbacks.append(self)
+        try:
+            yield self
+        finally:
+            gc.callbacks.remove(self)
+
+
+@contextlib.contextmanager
+def no_decode() -> Iterator[None]:
+    """Make the client hand back the orjson dicts instead of models."""
+    original = _base.decode_list
+    _base.decode_list = lambda data, cls, client: (data, [])  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _base.decode_list = original
+
+
+async def ours_dicts(server: ServerInfo, users: int, page_size: int) -> int:
+    import evenergy_async as ev
+
+    count = 0
+    email = tariff = None
+    with no_decode():
+        async with ev.Client(token=server.token, base_url=server.base_url) as client:
+            # pages(), since list() reads user.id; it skips one async-generator hop per user
+            async for page in client.users.pages(page_size=page_size):
+                for user in page.items:
+                    email = user["email"]  # type: ignore[index]
+                    tariff = user["default_location"]["tariff"]  # type: ignore[index]
+                    count += 1
+    assert isinstance(email, str) and tariff is not None
+    return count
+
+
+def per_user(stream: Any, server: ServerInfo, users: int, page_size: int, gc_on: bool):
+    """Wall µs, client CPU µs and garbage-collector µs, per user."""
+
+    def measure() -> dict[str, float]:
+        clock = GCClock()
+        if not gc_on:
+            gc.disable()
+        try:
+            with clock.installed():
+                cpu = time.process_time()
+                start = time.perf_counter()
+                count = asyncio.run(stream(server, users, page_size))
+                elapsed = time.perf_counter() - start
+                cpu = time.process_time() - cpu
+        finally:
+            gc.enable()
+        assert count == users
+        return {
+            "wall": elapsed / users * 1e6,
+            "cpu": cpu / users * 1e6,
+            "gc": clock.seconds / users * 1e6,
+        }
+
+    return measure
+
+
+def decode_breakdown(bodies: list[bytes], repeat: int) -> None:
+    """µs per user of each step of the hand-written User decoder (private functions; steps
+    missing from the library are skipped)."""
+    from evenergy_async import _convert as c
+
+    data = [u for b in bodies for u in orjson.loads(b)]
+    n = len(data)
+    locations = [u.get("default_location") for u in data]
+    ctx = c._DecodeContext(None)
+    token = c._context.set(ctx)
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("orjson.loads (whole pages)", lambda: [orjson.loads(b) for b in bodies]),
+        ("decode_list (after loads)", lambda: c.decode_list(data, User, None)),
+    ]
+    if hasattr(c, "_user"):
+        steps.append(("  _user", lambda: [c._user(u, ctx) for u in data]))
+    if hasattr(c, "_location"):
+        steps.append(("    _location", lambda: [c._location(loc, ctx) for loc in locations]))
+    if hasattr(c, "_lat_long"):
+        coords = [loc["coordinates"] for loc in locations if loc.get("coordinates")]
+        steps.append(("      _lat_long", lambda: [c._lat_long(x) for x in coords]))
+    if hasattr(c, "_ref"):
+        tariffs = [loc["tariff"] for loc in locations if isinstance(loc.get("tariff"), str)]
+        steps.append(("      _ref (tariff)", lambda: [c._ref(x, None, ctx) for x in tariffs]))
+    if hasattr(c, "_ref_tuple"):
+        lists = [(u.get("vehicles"), u.get("evses")) for u in data]
+        steps.append(
+            (
+                "    _ref_tuple (vehicles, evses)",
+                lambda: [
+                    (v and c._ref_tuple(v, ctx), e and c._ref_tuple(e, ctx)) for v, e in lists
+                ],
+            )
+        )
+    if hasattr(c, "_datetime"):
+        stamps = [(u.get("joined_at"), u.get("terms_consent_datetime")) for u in data]
+        steps.append(
+            (
+                "    _datetime ×2",
+                lambda: [(c._datetime(j), t and c._datetime(t)) for j, t in stamps],
+            )
+        )
+    users = c.decode_list(data, User, None)[0]
+    u0 = users[0]
+    fields = {name: getattr(u0, name) for name in User.__slots__ if not name.startswith("__")}
+    steps.append(("    User.__init__ (attrs frozen)", lambda: [User(**fields) for _ in data]))
+    loc0 = u0.default_location
+    loc_fields = {name: getattr(loc0, name) for name in type(loc0).__slots__ if name[:2] != "__"}
+    location_cls = type(loc0)
+    steps.append(
+        (
+            "      Location.__init__ (attrs frozen)",
+            lambda: [location_cls(**loc_fields) for _ in data],
+        )
+    )
+    print(f"\n### Decode steps, µs per user ({n:,} users, gc off, best of 5 × {repeat})\n")
+    print("| step | µs/user |")
+    print("|---|---:|")
+    try:
+        for label, fn in steps:
+            best = min(timeit.repeat(fn, number=repeat, repeat=5)) / repeat / n * 1e6
+            print(f"| {label} | {best:.2f} |")
+    finally:
+        c._context.reset(token)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--page-size", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--decode-breakdown", action="store_true")
+    parser.add_argument("--pyinstrument", action="store_true", help="profile one client stream")
+    args = parser.parse_args()
+    pages = -(-args.users // args.page_size)
+    with fake_server(args.users, page_cache=pages + 16) as server:
+        if args.pyinstrument:
+            from pyinstrument import Profiler
+
+            asyncio.run(ours(server, args.users, args.page_size))  # warm the fake's cache
+            profiler = Profiler(interval=0.0005)
+            with profiler:
+                asyncio.run(ours(server, args.users, args.page_size))
+            print(profiler.output_text(unicode=True, color=False, show_all=False))
+            return
+        variants = {
+            "floor: aiohttp + orjson dicts": (floor, True),
+            "evenergy_async": (ours, True),
+            "evenergy_async, decode → dicts": (ours_dicts, True),
+            "floor, gc off": (floor, False),
+            "evenergy_async, gc off": (ours, False),
+        }
+        results = run_rounds_multi(
+            [
+                (name, per_user(fn, server, args.users, args.page_size, on))
+                for name, (fn, on) in variants.items()
+            ],
+            args.rounds,
+            args.warmup,
+            fmt="{:.2f}",
+        )
+        if args.decode_breakdown:
+            bodies = asyncio.run(fetch_bodies(server.base_url, server.token, 20, args.page_size))
+    for metric, title in (
+        ("wall", "wall-clock µs per user"),
+        ("cpu", "client process CPU µs per user"),
+        ("gc", "µs per user inside the garbage collector (gc.callbacks)"),
+    ):
+        print_table(
+            f"Streaming {args.users:,} users taken apart: {title} (lower is better)",
+            results[metric],
+            unit="µs/user",
+            floor="floor: aiohttp + orjson dicts" if metric != "gc" else None,
+            ratio_label="vs floor",
+            fmt="{:.2f}",
+            delta=metric != "gc",
+        )
+    if args.decode_breakdown:
+        decode_breakdown(bodies, repeat=5)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
