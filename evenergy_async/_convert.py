@@ -15,11 +15,12 @@ relation so the client can prime its resolve cache.
 from __future__ import annotations
 
 import contextvars
+import enum
 import sys
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, TypeVar, Union, get_args, get_origin
 
 import attrs
@@ -29,7 +30,7 @@ from cattrs.gen import make_dict_structure_fn
 from cattrs.preconf.orjson import make_converter
 
 from ._countries import COUNTRY_CODES
-from .errors import InvalidResponse
+from .errors import InvalidRequest, InvalidResponse
 from .models import (
     UNSET,
     EVSESite,
@@ -45,7 +46,7 @@ from .refs import _MISSING, Ref, Resolver
 
 T = TypeVar("T")
 
-__all__ = ["UserDecoder", "decode", "decode_list", "to_wire"]
+__all__ = ["UserDecoder", "decode", "decode_list", "to_api", "to_wire"]
 
 
 class _DecodeContext:
@@ -505,3 +506,51 @@ for _model in (Tariff, Supplier, EVSESite):
 def to_wire(value: Any) -> Any:
     """A request value (Location, LatLong, Ref, plain data) as JSON-ready data."""
     return converter.unstructure(value)
+
+
+# --- models back to the API's JSON (the `evenergy` export) ---------------------------------
+
+
+_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+
+
+def to_api(value: Any) -> Any:
+    """A decoded model (User, Location, Tariff, ...) as the API's JSON data.
+
+    Field names are the API's; `UNSET` fields are left out, None stays null; datetimes are
+    ISO 8601 (``Z`` for UTC), dates ISO; a Ref is its URL, or once resolved its resource in
+    the same shape (as ``expand=`` would have inlined it).
+    """
+    if value is None or isinstance(value, str | int | float):  # bool is an int
+        return value
+    if isinstance(value, Ref):
+        return to_api(value.value) if value.resolved else value.url
+    if isinstance(value, datetime):
+        return _iso_datetime(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    cls = type(value)
+    names = _FIELDS.get(cls)
+    if names is None and attrs.has(cls):
+        names = _FIELDS[cls] = tuple(f.name for f in attrs.fields(cls))
+    if names is not None:
+        data: dict[str, Any] = {}
+        for name in names:
+            item = getattr(value, name)
+            if item is not UNSET:
+                data[name] = to_api(item)
+        return data
+    if isinstance(value, Mapping):
+        return {str(k): to_api(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_api(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return to_api(value.value)
+    raise InvalidRequest("value", f"cannot express {type(value).__name__} as API JSON")
+
+
+def _iso_datetime(value: datetime) -> str:
+    text = value.isoformat()
+    if value.utcoffset() == timedelta(0) and text.endswith("+00:00"):
+        text = text[:-6] + "Z"
+    return text

@@ -43,6 +43,8 @@ log = logging.getLogger("evenergy_async")
 RETRY_STATUSES = frozenset({502, 503, 504})
 # A server that keeps answering 429 is not waited out forever.
 MAX_THROTTLED_ATTEMPTS = 50
+# A 5xx whose Retry-After asks for longer than this is raised, not slept through in a call.
+MAX_SERVER_RETRY_AFTER = 300.0
 
 
 class OutcomeUnknown(TransportError):
@@ -156,10 +158,9 @@ class Session:
             now = time.time()
             if status == 429:
                 throttled += 1
-                rate = self.rate_limit
-                wait = rate.retry_after if rate is not None else None
+                pause = _sansio.retry_after(response.headers, now) or 0.0
                 if throttled < MAX_THROTTLED_ATTEMPTS and (
-                    self.max_rate_limit_wait is None or (wait or 0.0) <= self.max_rate_limit_wait
+                    self.max_rate_limit_wait is None or pause <= self.max_rate_limit_wait
                 ):
                     continue  # the limiter holds every task until the server's Retry-After
             elif status == 401 and not refreshed:
@@ -167,12 +168,13 @@ class Session:
                 if self.auth.invalidate(token):
                     continue
             elif status in RETRY_STATUSES and attempt < self.max_retries:
-                if not repeatable:
-                    raise OutcomeUnknown(f"{method} {url.path} answered {status}")
-                attempt += 1
                 wait = _sansio.retry_after(response.headers, now)
-                await self._backoff(attempt, wait, f"{method} {url.path}: {status}")
-                continue
+                if wait is None or wait <= MAX_SERVER_RETRY_AFTER:
+                    if not repeatable:
+                        raise OutcomeUnknown(f"{method} {url.path} answered {status}")
+                    attempt += 1
+                    await self._backoff(attempt, wait, f"{method} {url.path}: {status}")
+                    continue
             raise _sansio.error_from_response(status, response.headers, response.body, now)
 
     async def _backoff(self, attempt: int, retry_after: float | None, why: str) -> None:

@@ -21,20 +21,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import enum
 import math
 import os
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from datetime import date, datetime, timedelta
 from typing import IO, Any, NoReturn
 
 import attrs
 import orjson
 
 from . import _validate
+from ._convert import to_api
 from .client import DEFAULT_BASE_URL, Client
 from .errors import EvEnergyError, InvalidRequest
 from .models import UNSET, LatLong, Location, UnsetType, User
@@ -47,54 +46,6 @@ PROG = "evenergy"
 # The defaults of `FakeEvEnergy`, for `evenergy fake` (and its --help).
 _FAKE_DEFAULTS = {"users": 1000, "tariffs": 20, "rate_limit": 1000, "rate_window": 3600.0}
 _ADDRESS_FIELDS = ("address_1", "address_2", "city", "state", "postal_code", "country_code")
-
-
-# --- models back to the API's JSON -----------------------------------------------------------
-
-
-_FIELDS: dict[type[Any], tuple[str, ...]] = {}
-
-
-def to_api(value: Any) -> Any:
-    """A decoded model (User, Location, Tariff, ...) as the API's JSON data.
-
-    Field names are the API's; `UNSET` fields are left out, None stays null; datetimes are
-    ISO 8601 (``Z`` for UTC), dates ISO; a Ref is its URL, or once resolved its resource in
-    the same shape (as ``expand=`` would have inlined it).
-    """
-    if value is None or isinstance(value, str | int | float):  # bool is an int
-        return value
-    if isinstance(value, Ref):
-        return to_api(value.value) if value.resolved else value.url
-    if isinstance(value, datetime):
-        return _iso_datetime(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    cls = type(value)
-    names = _FIELDS.get(cls)
-    if names is None and attrs.has(cls):
-        names = _FIELDS[cls] = tuple(f.name for f in attrs.fields(cls))
-    if names is not None:
-        data: dict[str, Any] = {}
-        for name in names:
-            item = getattr(value, name)
-            if item is not UNSET:
-                data[name] = to_api(item)
-        return data
-    if isinstance(value, Mapping):
-        return {str(k): to_api(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_api(v) for v in value]
-    if isinstance(value, enum.Enum):
-        return to_api(value.value)
-    raise TypeError(f"cannot express {type(value).__name__} as API JSON")
-
-
-def _iso_datetime(value: datetime) -> str:
-    text = value.isoformat()
-    if value.utcoffset() == timedelta(0) and text.endswith("+00:00"):
-        text = text[:-6] + "Z"
-    return text
 
 
 def _dumps_line(data: Any) -> bytes:

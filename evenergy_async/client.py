@@ -272,13 +272,13 @@ async def _gather(coroutines: Iterable[Any]) -> None:
 def _walk(user: User, parts: Sequence[str]) -> Ref[Any] | None:
     """The Ref at ``parts`` (e.g. default_location, tariff, supplier), through resolved Refs."""
     node: Any = user
-    for i, name in enumerate(parts):
+    for name in parts:
         if isinstance(node, Ref):
             if not node.resolved:
                 return None
             node = node.value
-        node = getattr(node, name, None)
-        if node is None or (i < len(parts) - 1 and node is MISSING):
+        node = getattr(node, name, None)  # None for null, and for UNSET (it has no fields)
+        if node is None:
             return None
     return node if isinstance(node, Ref) else None
 

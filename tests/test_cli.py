@@ -568,5 +568,5 @@ def test_to_api_values() -> None:
     assert to_api(date(2024, 5, 1)) == "2024-05-01"
     resolved: ev.Ref[Any] = ev.Ref("https://x/v2/suppliers/s", {"id": "s", "n": (1, 2)})
     assert to_api(resolved) == {"id": "s", "n": [1, 2]}
-    with pytest.raises(TypeError):
+    with pytest.raises(ev.InvalidRequest):
         to_api(object())

@@ -143,3 +143,14 @@ async def test_failed_stream_resumes_from_its_cursor():
             seen += [u.id async for u in client.users.list(page_size=10, page_after=cursor)]
             everything = [u.id async for u in client.users.list(page_size=100)]
             assert seen == everything
+
+
+async def test_a_5xx_asking_for_a_long_wait_is_raised_not_slept_through():
+    async with FakeEvEnergy(users=5) as fake:
+        async with ev.Client(token=fake.token, base_url=fake.base_url, max_retries=3) as client:
+            fake.faults.fail_next(1, status=503, retry_after=3600)
+            started = time.monotonic()
+            with pytest.raises(ev.ServerError) as caught:
+                await client.users.get("me")
+            assert time.monotonic() - started < 5
+            assert caught.value.headers["retry-after"] == "3600"
