@@ -21,7 +21,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -31,7 +31,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from . import _sansio
-from ._auth import TokenSource
+from ._auth import PostForm, TokenSource
 from ._ratelimit import RateLimiterProtocol
 from .errors import EvEnergyError, TransportError
 from .models import RateLimit
@@ -70,7 +70,7 @@ class Session:
         self,
         *,
         base_url: URL,
-        auth: TokenSource,
+        make_auth: Callable[[PostForm], TokenSource],
         limiter: RateLimiterProtocol,
         timeout: float,
         max_retries: int,
@@ -79,7 +79,7 @@ class Session:
     ) -> None:
         self.base_url = base_url
         self.origin = base_url.origin()
-        self.auth = auth
+        self.auth = make_auth(self.post_form)
         self.limiter = limiter
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.max_retries = max_retries

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -15,7 +15,7 @@ import aiohttp
 from yarl import URL
 
 from . import _validate as v
-from ._auth import ClientCredentials, CredentialsAuth, StaticToken, TokenSource
+from ._auth import ClientCredentials, CredentialsAuth, PostForm, StaticToken, TokenSource
 from ._cache import MISSING, TTLCache
 from ._ratelimit import RateLimiter, RateLimiterProtocol
 from ._session import Response, Session
@@ -70,15 +70,23 @@ class Client:
         base = _check_base_url(base_url)
         if (token is None) == (credentials is None):
             raise InvalidRequest("token", "give either token= or credentials=, not both or neither")
-        auth: TokenSource
-        session_ref: list[Session] = []
+        # The session sends the token requests too, so it builds the auth from its own sender.
+        make_auth: Callable[[PostForm], TokenSource]
         if credentials is not None:
             if not isinstance(credentials, ClientCredentials):
                 raise InvalidRequest("credentials", "expected an ev.ClientCredentials")
-            token_url = credentials.token_url or str(base.origin() / "o" / "token" / "")
-            auth = CredentialsAuth(credentials, token_url, lambda *a: session_ref[0].post_form(*a))
+            creds = credentials
+            token_url = creds.token_url or str(base.origin() / "o" / "token" / "")
+
+            def make_auth(post_form: PostForm) -> TokenSource:
+                return CredentialsAuth(creds, token_url, post_form)
+
         else:
-            auth = StaticToken(token)  # type: ignore[arg-type]
+            static = StaticToken(token)  # type: ignore[arg-type]
+
+            def make_auth(post_form: PostForm) -> TokenSource:
+                return static
+
         _check_number(timeout, "timeout", minimum=0.0, strict=True)
         if type(max_retries) is not int or max_retries < 0:
             raise InvalidRequest(
@@ -99,14 +107,13 @@ class Client:
                 bind(credentials.client_id if credentials is not None else token)
         session_obj = Session(
             base_url=base,
-            auth=auth,
+            make_auth=make_auth,
             limiter=limiter,
             timeout=timeout,
             max_retries=max_retries,
             max_rate_limit_wait=max_rate_limit_wait,
             http=session,
         )
-        session_ref.append(session_obj)
         shared = _Shared(session_obj, TTLCache(cache_size, cache_ttl), resolve_concurrency)
         self._init_view(shared, _check_acting_user(acting_user), is_view=False)
 
