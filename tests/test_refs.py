@@ -163,6 +163,13 @@ async def test_tariff_supplier_and_site_collections(fake):
         supplier_id = detail.supplier.id
         only = [t async for t in client.tariffs.list(supplier_id=supplier_id)]
         assert only and all(t.supplier.id == supplier_id for t in only)
+        by_model = [t async for t in client.tariffs.list(supplier=detail.supplier.value)]
+        by_ref = [t async for t in client.tariffs.list(supplier=detail.supplier)]
+        assert by_model == by_ref == only
+        with pytest.raises(ev.InvalidRequest):
+            await client.tariffs.list(supplier=supplier_id, supplier_id=supplier_id).__anext__()
+        with pytest.raises(ev.InvalidRequest):
+            await client.tariffs.list(supplier="tari" + "0" * 26).__anext__()
         valid = [t async for t in client.tariffs.list(valid=True)]
         assert all(t.valid_until is None or t.valid_until >= t.valid_from for t in valid)  # type: ignore[operator]
         suppliers = [s async for s in client.suppliers.list(page_size=2)]

@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from .. import _validate as v
-from ..models import Page, Tariff
+from ..errors import InvalidRequest
+from ..models import Page, Supplier, Tariff
+from ..refs import Ref
 from ._base import Collection
 
 __all__ = ["Tariffs"]
@@ -36,6 +38,7 @@ class Tariffs(Collection):
         page_size: int,
         page: int,
         supplier_id: str | None,
+        supplier: Supplier | Ref[Supplier] | str | None,
         valid: bool | None,
         gsp_group: str | None,
         available_for_user_id: str | None,
@@ -46,6 +49,12 @@ class Tariffs(Collection):
             params["page"] = v.check_page_number(page)
         if supplier_id is not None:
             params["supplier_id"] = v.check_id(supplier_id, v.SUPPLIER_ID, "supplier_id")
+        if supplier is not None:
+            if supplier_id is not None:
+                raise InvalidRequest("supplier", "give supplier= or supplier_id=, not both")
+            if isinstance(supplier, Supplier | Ref):
+                supplier = supplier.id
+            params["supplier_id"] = v.check_id(supplier, v.SUPPLIER_ID, "supplier")
         if valid is not None:
             params["valid"] = v.check_bool(valid, "valid")
         if gsp_group is not None:
@@ -65,14 +74,18 @@ class Tariffs(Collection):
         page_size: int = 100,
         page: int = 1,
         supplier_id: str | None = None,
+        supplier: Supplier | Ref[Supplier] | str | None = None,
         valid: bool | None = None,
         gsp_group: str | None = None,
         available_for_user_id: str | None = None,
         expand: Iterable[str] = (),
     ) -> AsyncIterator[Page[Tariff]]:
-        """Pages of tariffs (sorted by name) from page number `page` on."""
+        """Pages of tariffs (sorted by name) from page number `page` on.
+
+        `supplier` narrows to one supplier's tariffs: a `Supplier`, a Ref to one, or its id
+        (the same as `supplier_id`, the API's name for the filter)."""
         params = self._list_params(
-            page_size, page, supplier_id, valid, gsp_group, available_for_user_id, expand
+            page_size, page, supplier_id, supplier, valid, gsp_group, available_for_user_id, expand
         )
         async for result in self._pages(self._url(), Tariff, params):
             yield result
@@ -82,6 +95,7 @@ class Tariffs(Collection):
         *,
         page_size: int = 100,
         supplier_id: str | None = None,
+        supplier: Supplier | Ref[Supplier] | str | None = None,
         valid: bool | None = None,
         gsp_group: str | None = None,
         available_for_user_id: str | None = None,
@@ -91,6 +105,7 @@ class Tariffs(Collection):
         async for page in self.pages(
             page_size=page_size,
             supplier_id=supplier_id,
+            supplier=supplier,
             valid=valid,
             gsp_group=gsp_group,
             available_for_user_id=available_for_user_id,
