@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from . import _convert, _sansio
 from . import _validate as v
 from ._auth import ClientCredentials, CredentialsAuth, PostForm, StaticToken, TokenSource
 from ._cache import MISSING, TTLCache
@@ -37,13 +38,23 @@ _MODELS: dict[str, type[Any]] = {
 }
 
 
+class _Flight:
+    """One fetch of a related resource, shared by everyone resolving its URL meanwhile."""
+
+    __slots__ = ("future", "waiters")
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self.future = future
+        self.waiters = 0
+
+
 class _Shared:
     """State shared by a client and its `as_user` views."""
 
     def __init__(self, session: Session, cache: TTLCache, resolve_concurrency: int) -> None:
         self.session = session
         self.cache = cache
-        self.resolving: dict[str, asyncio.Future[Any]] = {}
+        self.resolving: dict[str, _Flight] = {}
         self.resolve_concurrency = resolve_concurrency
 
 
@@ -191,27 +202,38 @@ class Client:
         if not isinstance(url, str):
             raise InvalidRequest("ref", f"expected an ev.Ref or a URL string, got {ref!r}")
         target = self._session.check_origin(URL(url), "to resolve")
-        loop = asyncio.get_running_loop()
-        value = self._shared.cache.get(url, loop.time())
+        key = self._cache_key(url)
+        value = self._shared.cache.get(key, asyncio.get_running_loop().time())
         if value is MISSING:
-            future = self._shared.resolving.get(url)
-            if future is None:
-                future = asyncio.ensure_future(self._fetch_related(url, target))
-                self._shared.resolving[url] = future
-                future.add_done_callback(lambda f: self._resolve_done(url, f))
-            value = await asyncio.shield(future)
+            value = await self._join_fetch(key, url, target)
         if isinstance(ref, Ref):
             ref._set_value(value)
         return value
 
-    def _resolve_done(self, url: str, future: asyncio.Future[Any]) -> None:
-        self._shared.resolving.pop(url, None)
-        if not future.cancelled():
-            future.exception()  # retrieved: a failure nobody awaits any more is not logged
+    def _cache_key(self, url: str) -> str:
+        # What a resource shows can depend on who asks (EVSESite.user_connected): views acting
+        # as different users neither share cached values nor fetches.
+        return f"{self._acting_user or ''} {url}"
 
-    async def _fetch_related(self, url: str, target: URL) -> Any:
-        from . import _convert, _sansio
+    async def _join_fetch(self, key: str, url: str, target: URL) -> Any:
+        """Wait for the one fetch of `key`, starting it if needed; the last waiter to leave
+        (cancelled) cancels it, so nobody's budget is spent on a resource nobody wants."""
+        resolving = self._shared.resolving
+        flight = resolving.get(key)
+        if flight is None:
+            flight = resolving[key] = _Flight(
+                asyncio.ensure_future(self._fetch_related(key, target))
+            )
+            flight.future.add_done_callback(lambda f: _flight_done(resolving, key, f))
+        flight.waiters += 1
+        try:
+            return await asyncio.shield(flight.future)
+        finally:
+            flight.waiters -= 1
+            if not flight.waiters and not flight.future.done():
+                flight.future.cancel()
 
+    async def _fetch_related(self, key: str, target: URL) -> Any:
         response = await self._request("GET", target)
         data = _sansio.decode_json(response.body)
         model = _MODELS.get(_collection(target, self._base_url))
@@ -220,7 +242,7 @@ class Client:
         else:
             value, expanded = _convert.decode(data, model, self)
             self._remember(expanded)
-        self._shared.cache.put(url, value, asyncio.get_running_loop().time())
+        self._shared.cache.put(key, value, asyncio.get_running_loop().time())
         return value
 
     def _remember(self, expanded: Sequence[Ref[Any]]) -> None:
@@ -230,7 +252,7 @@ class Client:
         now = asyncio.get_running_loop().time()
         cache = self._shared.cache
         for ref in expanded:
-            cache.put(ref.url, ref.value, now)
+            cache.put(self._cache_key(ref.url), ref.value, now)
 
     async def _resolve_paths(self, users: Iterable[User], paths: Sequence[str]) -> None:
         """Resolve the named relations of `users`, each distinct URL once, a few at a time."""
@@ -262,6 +284,13 @@ class Client:
                     if ref is not None:
                         refs.append(ref)
             await resolve_all(refs)
+
+
+def _flight_done(resolving: dict[str, _Flight], key: str, future: asyncio.Future[Any]) -> None:
+    if resolving.get(key) is not None and resolving[key].future is future:
+        del resolving[key]
+    if not future.cancelled():
+        future.exception()  # retrieved: a failure nobody awaits any more is not logged
 
 
 async def _gather(coroutines: Iterable[Any]) -> None:

@@ -182,3 +182,35 @@ async def test_tariff_supplier_and_site_collections(fake):
             await client.suppliers.get("nope")
         with pytest.raises(ev.NotFound):
             await client.tariffs.get("tari" + "Z" * 26)
+
+
+async def test_last_waiter_leaving_cancels_the_fetch(fake):
+    async with client_for(fake) as client:
+        me = await client.users.get("me")
+        url = me.default_location.tariff.url  # type: ignore[union-attr]
+        fake.faults.latency = 0.2
+        task = asyncio.create_task(client.resolve(url))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)
+        assert not client._shared.resolving
+        assert client.limiter.state.in_flight() == 0  # type: ignore[attr-defined]
+        fake.faults.latency = 0
+        assert isinstance(await client.resolve(url), ev.Tariff)  # fetched afresh
+
+
+async def test_views_acting_as_different_users_do_not_share_resolved_values(fake):
+    async with client_for(fake) as client:
+        users = [u async for u in client.users.list(page_size=3)]
+        url = next(
+            u.default_location.tariff.url  # type: ignore[union-attr]
+            for u in users
+            if isinstance(u.default_location.tariff, ev.Ref)  # type: ignore[union-attr]
+        )
+        alice, bob = client.as_user(users[0].id), client.as_user(users[1].id)
+        await alice.resolve(url)
+        await alice.resolve(url)
+        await bob.resolve(url)
+        assert fake.stats.count("GET", TARIFF) == 2  # one each, cached per view

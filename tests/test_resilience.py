@@ -154,3 +154,39 @@ async def test_a_5xx_asking_for_a_long_wait_is_raised_not_slept_through():
                 await client.users.get("me")
             assert time.monotonic() - started < 5
             assert caught.value.headers["retry-after"] == "3600"
+
+
+async def test_cancellation_anywhere_leaves_the_client_whole():
+    """Cancel 200 calls at random moments (waiting for a token, mid-request, mid-stream): no
+    token leaks, no connection stays acquired, and the client goes on working."""
+    import random
+
+    rng = random.Random(5)
+    async with FakeEvEnergy(users=50, rate_limit=40, rate_window=0.5) as fake:
+        fake.faults.latency = 0.005
+        async with ev.Client(token=fake.token, base_url=fake.base_url, rate_limit_window=0.5) as c:
+            me = await c.users.get("me")
+
+            async def stream() -> None:
+                async for _ in c.users.list(page_size=5, resolve=("default_location.tariff",)):
+                    pass
+
+            calls = [c.users.get(me.id) if i % 3 else stream() for i in range(200)]
+            tasks = [asyncio.ensure_future(call) for call in calls]
+            for task in tasks:
+                await asyncio.sleep(rng.uniform(0, 0.004))
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert any(isinstance(r, asyncio.CancelledError) for r in results)
+            assert not [r for r in results if isinstance(r, Exception)]
+            await asyncio.sleep(0.6)  # a window: whatever was in flight has been answered
+            state = c.limiter.state  # type: ignore[attr-defined]
+            assert state.in_flight() == 0
+            assert not c.limiter._waiters  # type: ignore[attr-defined]
+            connector = c._session.http.connector
+            assert connector is not None
+            assert sum(len(v) for v in connector._acquired_per_host.values()) == 0  # type: ignore[attr-defined]
+            assert not c._shared.resolving
+            # and it still spends the budget correctly: a burst completes without a 429
+            await asyncio.gather(*(c.users.get(me.id) for _ in range(60)))
+            assert fake.stats.rate_limited == 0
