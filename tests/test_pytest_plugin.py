@@ -141,3 +141,30 @@ def test_without_pytest_asyncio_the_fixtures_say_so(
             "*the evenergy_client fixture is async and needs pytest-asyncio*",
         ]
     )
+
+
+def test_client_alias_and_a_projects_own_client_wins(downstream: pytest.Pytester) -> None:
+    downstream.makepyfile(
+        test_alias="""
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_alias(client, evenergy_client):
+            assert client is evenergy_client
+            assert (await client.users.get("me")).id
+        """
+    )
+    downstream.makepyfile(
+        test_own="""
+        import pytest
+
+        @pytest.fixture
+        def client():
+            return "mine"
+
+        def test_own(client):
+            assert client == "mine"
+        """
+    )
+    result = downstream.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)

@@ -21,12 +21,9 @@ to be enabled::
   closed after the test.  ``@pytest.mark.evenergy_client(**options)`` passes more `Client`
   keyword arguments (``max_rate_limit_wait=0``, ``acting_user=...``).
 
-The client fixture is deliberately not called ``client``: a plugin installed for everyone must
-not take a name that projects use for their own fixtures.  Alias it in a conftest if you like::
-
-    @pytest.fixture
-    def client(evenergy_client):
-        return evenergy_client
+``client`` is the same fixture under a short name.  A project's own ``client`` fixture always
+wins over it, and it is not registered at all when pytest-django (whose ``client`` is Django's
+test client) is loaded: a plugin installed for everyone must not take that name from them.
 
 Both fixtures are async and function-scoped: they need pytest-asyncio (in the package's
 ``test`` extra), in either ``strict`` mode (mark tests ``@pytest.mark.asyncio``) or ``auto``.
@@ -65,7 +62,19 @@ _NEEDS_PYTEST_ASYNCIO = (
 )
 
 
+class _ClientAlias:
+    """``client``: the same as ``evenergy_client``.  Registered only when no other plugin
+    known to own that name (pytest-django) is loaded; a project's own ``client`` fixture
+    always wins over a plugin's."""
+
+    @pytest.fixture
+    def client(self, evenergy_client: Client) -> Client:
+        return evenergy_client
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.hasplugin("django"):
+        config.pluginmanager.register(_ClientAlias(), "evenergy_async.client_alias")
     config.addinivalue_line(
         "markers",
         "evenergy_fake(**options): FakeEvEnergy keyword arguments for the evenergy_fake "
