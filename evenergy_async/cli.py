@@ -408,7 +408,7 @@ class _Progress:
     def line(self, elapsed: float) -> str:
         done = self.done
         pages = math.ceil(done / self._page_size)
-        parts = [f"{done:,} users", f"{pages:,} page{'s' if pages != 1 else ''}"]
+        parts = [_plural(done, "user"), _plural(pages, "page")]
         rate = self._client.rate_limit
         if rate is not None and rate.remaining is not None:
             budget = f"{rate.remaining:,}"
@@ -551,6 +551,10 @@ async def _serve_fake(args: argparse.Namespace) -> int:
 
 class _Failure(Exception):
     """A failure outside the library (the fake's port in use): exit status 1."""
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def _isatty(stream: IO[str]) -> bool:
