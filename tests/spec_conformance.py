@@ -11,8 +11,8 @@ Usage::
     validator.validate_exchange(exchange)   # -> list[str]; anything with the Exchange attributes
 
 The spec is loaded once per process (module-level cache); ``EVENERGY_OPENAPI_SPEC`` names the file,
-else the first of ``spec/``, ``tests/spec/`` in the repository and ``/work/shared/spec/`` holding
-``ev-energy-api-v2-openapi.yaml`` is used. Requests are matched against the spec's server
+else the first of ``spec/`` and ``tests/spec/`` in the repository and ``shared/spec/`` beside it
+holding ``ev-energy-api-v2-openapi.yaml`` is used. Requests are matched against the spec's server
 ``https://api.ev.energy/v2`` whatever host they went to.
 
 Errata applied to the loaded copy (the spec contradicts itself):
