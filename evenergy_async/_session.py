@@ -242,16 +242,22 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def merge_params(url: URL, params: Mapping[str, Any]) -> URL:
-    """`url` with `params` added; list values repeat the key (``expand=a&expand=b``)."""
-    query: list[tuple[str, str]] = []
+def query_pairs(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Query parameters as pairs; None left out, a list repeats its key (``expand=a&expand=b``)."""
+    pairs: list[tuple[str, str]] = []
     for key, value in params.items():
         if value is None:
             continue
         if isinstance(value, list | tuple):
-            query.extend((key, str(v)) for v in value)
+            pairs.extend((key, str(v)) for v in value)
         elif isinstance(value, bool):
-            query.append((key, "true" if value else "false"))
+            pairs.append((key, "true" if value else "false"))
         else:
-            query.append((key, str(value)))
-    return url.with_query(query) if query else url
+            pairs.append((key, str(value)))
+    return pairs
+
+
+def merge_params(url: URL, params: Mapping[str, Any]) -> URL:
+    """`url` (a collection or resource URL, without a query) with `params` as its query."""
+    pairs = query_pairs(params)
+    return url.with_query(pairs) if pairs else url

@@ -259,7 +259,8 @@ async def test_users_list_follows_link(mocked, client):
 
 async def test_users_list_relative_link_and_expand(mocked, client):
     first = f"{B}/users?page_size=100&expand=default_location.evse_site"
-    second = f"{B}/users?page_after={uid(1)}"
+    # the link leaves the filters out; the client puts them back
+    second = f"{B}/users?page_after={uid(1)}&page_size=100&expand=default_location.evse_site"
     data = user_json(uid(1))
     data["default_location"]["evse_site"] = site_json()
     mocked.get(
@@ -1176,3 +1177,28 @@ async def test_rate_limit_property(mocked, client):
     await client.users.get(UID)
     assert client.rate_limit == ev.RateLimit(1000, 999, None)
     assert client.as_user(UID).rate_limit == client.rate_limit
+
+
+async def test_filters_a_server_drops_from_its_links_are_put_back(mocked, client):
+    """Every page answers the same question: page_size, email and expand stay on every page
+    even when the server's next link leaves them out."""
+    email = "someone@example.com"
+    first = f"{B}/users?page_size=2&email=someone%40example.com&expand=default_location.tariff"
+    bare_next = f"{B}/users?page_after={uid(2)}"
+    kept_next = (
+        f"{B}/users?page_after={uid(2)}&page_size=2&email=someone%40example.com"
+        "&expand=default_location.tariff"
+    )
+    link = f'<about:blank>; rel="previous", <{bare_next}>; rel="next"'
+    mocked.get(first, payload=[user_json(uid(1)), user_json(uid(2))], headers={"Link": link})
+    mocked.get(
+        kept_next, payload=[user_json(uid(3))], headers={"Link": '<about:blank>; rel="next"'}
+    )
+    ids = [
+        u.id
+        async for u in client.users.list(
+            page_size=2, email=email, expand=("default_location.tariff",)
+        )
+    ]
+    assert ids == [uid(1), uid(2), uid(3)]
+    assert calls(mocked, "GET", kept_next)

@@ -11,7 +11,7 @@ from yarl import URL
 
 from .. import _sansio
 from .._convert import decode, decode_list
-from .._session import Response, merge_params
+from .._session import Response, merge_params, query_pairs
 from ..errors import EvEnergyError, InvalidResponse
 from ..models import Page
 
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 __all__ = ["Collection"]
+
+# Where a page is: the Link URL's own say, never carried over from the first request.
+_POSITION = frozenset({"page", "page_after", "page_before"})
 
 
 class Collection:
@@ -96,6 +99,7 @@ class Collection:
                     next_url = client._session.check_origin(
                         response.url.join(URL(following)), "Link URL"
                     )
+                    next_url = _keep_filters(next_url, params)
                     fetch = asyncio.ensure_future(client._request("GET", next_url))
                     await asyncio.sleep(0)  # let it be sent before decoding this page
                 items = _sansio.decode_json(response.body)
@@ -115,3 +119,10 @@ class Collection:
                 fetch.cancel()
                 with contextlib.suppress(BaseException):
                     await fetch
+
+
+def _keep_filters(url: URL, params: Mapping[str, Any]) -> URL:
+    """`url` with any of the stream's filters (page size, email, expand, ...) its server left
+    out put back, so every page answers the same question as the first."""
+    missing = {k: v for k, v in params.items() if k not in _POSITION and k not in url.query}
+    return url.update_query(query_pairs(missing)) if missing else url
