@@ -467,6 +467,7 @@ async def _export(args: argparse.Namespace, options: Options, out: _Output) -> i
                     progress.update()
             out.flush()
         finally:
+            await users.aclose()  # now, while the connection it holds can still be closed cleanly
             if ticker is not None and progress is not None:
                 ticker.cancel()
                 progress.update(final=True)

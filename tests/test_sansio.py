@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http
 import math
 
 import orjson
@@ -396,8 +397,9 @@ REASONS = {
     405: "Method Not Allowed",
     406: "Not Acceptable",
     409: "Conflict",
-    413: "Request Entity Too Large",
-    422: "Unprocessable Entity",
+    # Python 3.13 took RFC 9110's names for these two; the title follows the interpreter's.
+    413: http.HTTPStatus(413).phrase,
+    422: http.HTTPStatus(422).phrase,
     429: "Too Many Requests",
     500: "Internal Server Error",
     502: "Bad Gateway",

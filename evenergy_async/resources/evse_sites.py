@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from .. import _validate as v
 from ..models import EVSESite
@@ -18,7 +18,7 @@ class EVSESites(Collection):
         evse_site_id = v.check_id(evse_site_id, v.EVSE_SITE_ID, "evse_site_id")
         return await self._get(self._url(evse_site_id), EVSESite)
 
-    async def list(self) -> AsyncIterator[EVSESite]:
+    async def list(self) -> AsyncGenerator[EVSESite, None]:
         """Every EVSE site, following the ``Link`` header (the API takes no paging options)."""
         async for page in self._pages(self._url(), EVSESite, {}):
             for site in page.items:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from .. import _validate as v
@@ -21,7 +21,7 @@ class Suppliers(Collection):
 
     async def list(
         self, *, page_size: int = 100, available_for_user_id: str | None = None
-    ) -> AsyncIterator[Supplier]:
+    ) -> AsyncGenerator[Supplier, None]:
         """Every supplier (sorted by name), following the ``Link`` header page by page."""
         params: dict[str, Any] = {"page_size": v.check_page_size(page_size)}
         if available_for_user_id is not None:

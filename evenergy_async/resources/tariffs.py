@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 from .. import _validate as v
@@ -79,7 +79,7 @@ class Tariffs(Collection):
         gsp_group: str | None = None,
         available_for_user_id: str | None = None,
         expand: Iterable[str] = (),
-    ) -> AsyncIterator[Page[Tariff]]:
+    ) -> AsyncGenerator[Page[Tariff], None]:
         """Pages of tariffs (sorted by name) from page number `page` on.
 
         `supplier` narrows to one supplier's tariffs: a `Supplier`, a Ref to one, or its id
@@ -100,7 +100,7 @@ class Tariffs(Collection):
         gsp_group: str | None = None,
         available_for_user_id: str | None = None,
         expand: Iterable[str] = (),
-    ) -> AsyncIterator[Tariff]:
+    ) -> AsyncGenerator[Tariff, None]:
         """Every tariff matching the filters, following the ``Link`` header page by page."""
         async for page in self.pages(
             page_size=page_size,

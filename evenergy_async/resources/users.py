@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any, Literal
 
 from .. import _validate as v
@@ -50,7 +50,7 @@ class Users(Collection):
         expand: Iterable[str] = (),
         page_after: str | None = None,
         page_before: str | None = None,
-    ) -> AsyncIterator[Page[User]]:
+    ) -> AsyncGenerator[Page[User], None]:
         """Every page of users from the cursor on; `Page.next_cursor` resumes a later stream."""
         params = self._list_params(page_size, email, expand, page_after, page_before)
         async for page in self._pages(self._url(), User, params, page_after):
@@ -65,7 +65,7 @@ class Users(Collection):
         page_after: str | None = None,
         page_before: str | None = None,
         resolve: Iterable[str] = (),
-    ) -> AsyncIterator[User]:
+    ) -> AsyncGenerator[User, None]:
         """Every user, page after page, following the API's ``Link`` header.
 
         `resolve` names relations (``"default_location.tariff"``, ...) to fetch client-side:
