@@ -57,6 +57,9 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         ["--requests", "3000", "--rounds", "5", "--steps"],
         ["--requests", "500", "--rounds", "2", "--steps"],
     ),
+    # The rate budget and request economy: fixed scenarios, the same in --quick.
+    "ratelimit": ("bench_ratelimit.py", [], []),
+    "refs": ("bench_refs.py", [], []),
 }
 
 
