@@ -17,10 +17,10 @@ def fast_retries(client: ev.Client) -> ev.Client:
     return client
 
 
-async def test_spends_the_whole_budget_without_a_429():
+async def test_spends_the_whole_budget_without_a_429(spec_check):
     """16 tasks hammering a 20-per-1s window for 2.5 s: 3 windows' worth, no 429."""
     async with (
-        FakeEvEnergy(users=20, rate_limit=20, rate_window=1.0) as fake,
+        FakeEvEnergy(users=20, rate_limit=20, rate_window=1.0, on_exchange=spec_check) as fake,
         ev.Client(token=fake.token, base_url=fake.base_url, rate_limit_window=1.0) as client,
     ):
         me = await client.users.get("me")
@@ -44,9 +44,9 @@ async def test_spends_the_whole_budget_without_a_429():
         assert client.limiter.stats.waits > 0
 
 
-async def test_outside_consumer_sharing_the_budget_never_fails_a_call():
+async def test_outside_consumer_sharing_the_budget_never_fails_a_call(spec_check):
     async with (
-        FakeEvEnergy(users=10, rate_limit=20, rate_window=1.0) as fake,
+        FakeEvEnergy(users=10, rate_limit=20, rate_window=1.0, on_exchange=spec_check) as fake,
         ev.Client(token=fake.token, base_url=fake.base_url, rate_limit_window=1.0) as client,
     ):
         me = await client.users.get("me")
@@ -65,8 +65,8 @@ async def test_outside_consumer_sharing_the_budget_never_fails_a_call():
         assert client.rate_limit is not None and client.rate_limit.limit == 20
 
 
-async def test_a_429_pauses_every_task_and_is_not_a_retry():
-    async with FakeEvEnergy(users=10) as fake:
+async def test_a_429_pauses_every_task_and_is_not_a_retry(spec_check):
+    async with FakeEvEnergy(users=10, on_exchange=spec_check) as fake:
         async with ev.Client(token=fake.token, base_url=fake.base_url, max_retries=0) as client:
             me = await client.users.get("me")
             fake.faults.fail_next(1, status=429, retry_after=0.4)
@@ -80,9 +80,9 @@ async def test_a_429_pauses_every_task_and_is_not_a_retry():
             assert client.limiter.stats.throttled == 1
 
 
-async def test_max_rate_limit_wait_raises_rate_limited():
+async def test_max_rate_limit_wait_raises_rate_limited(spec_check):
     async with (
-        FakeEvEnergy(users=10) as fake,
+        FakeEvEnergy(users=10, on_exchange=spec_check) as fake,
         ev.Client(token=fake.token, base_url=fake.base_url, max_rate_limit_wait=0.5) as client,
     ):
         fake.faults.fail_next(1, status=429, retry_after=30)
@@ -93,8 +93,8 @@ async def test_max_rate_limit_wait_raises_rate_limited():
             await client.users.get("me")
 
 
-async def test_server_errors_are_retried_with_backoff_then_raised():
-    async with FakeEvEnergy(users=10) as fake:
+async def test_server_errors_are_retried_with_backoff_then_raised(spec_check):
+    async with FakeEvEnergy(users=10, on_exchange=spec_check) as fake:
         async with ev.Client(token=fake.token, base_url=fake.base_url, max_retries=2) as client:
             fast_retries(client)
             fake.faults.fail_next(2, status=503)
@@ -105,9 +105,9 @@ async def test_server_errors_are_retried_with_backoff_then_raised():
             assert caught.value.status == 502
 
 
-async def test_faults_lose_and_duplicate_nothing():
+async def test_faults_lose_and_duplicate_nothing(spec_check):
     """10 % 503s and 5 % of writes cut after commit: 120 creates + 120 updates end exact."""
-    async with FakeEvEnergy(users=0, seed=7) as fake:
+    async with FakeEvEnergy(users=0, seed=7, on_exchange=spec_check) as fake:
         fake.faults.error_rate = 0.10
         fake.faults.cut_after_commit_rate = 0.05
         async with ev.Client(token=fake.token, base_url=fake.base_url, max_retries=8) as client:
@@ -129,8 +129,8 @@ async def test_faults_lose_and_duplicate_nothing():
     assert {u.id for u in updated} == {u.id for u in everyone}
 
 
-async def test_failed_stream_resumes_from_its_cursor():
-    async with FakeEvEnergy(users=95) as fake:
+async def test_failed_stream_resumes_from_its_cursor(spec_check):
+    async with FakeEvEnergy(users=95, on_exchange=spec_check) as fake:
         async with ev.Client(token=fake.token, base_url=fake.base_url, max_retries=0) as client:
             seen: list[str] = []
             with pytest.raises(ev.ServerError) as caught:
@@ -145,8 +145,8 @@ async def test_failed_stream_resumes_from_its_cursor():
             assert seen == everything
 
 
-async def test_a_5xx_asking_for_a_long_wait_is_raised_not_slept_through():
-    async with FakeEvEnergy(users=5) as fake:
+async def test_a_5xx_asking_for_a_long_wait_is_raised_not_slept_through(spec_check):
+    async with FakeEvEnergy(users=5, on_exchange=spec_check) as fake:
         async with ev.Client(token=fake.token, base_url=fake.base_url, max_retries=3) as client:
             fake.faults.fail_next(1, status=503, retry_after=3600)
             started = time.monotonic()
@@ -156,13 +156,15 @@ async def test_a_5xx_asking_for_a_long_wait_is_raised_not_slept_through():
             assert caught.value.headers["retry-after"] == "3600"
 
 
-async def test_cancellation_anywhere_leaves_the_client_whole():
+async def test_cancellation_anywhere_leaves_the_client_whole(spec_check):
     """Cancel 200 calls at random moments (waiting for a token, mid-request, mid-stream): no
     token leaks, no connection stays acquired, and the client goes on working."""
     import random
 
     rng = random.Random(5)
-    async with FakeEvEnergy(users=50, rate_limit=40, rate_window=0.5) as fake:
+    async with FakeEvEnergy(
+        users=50, rate_limit=40, rate_window=0.5, on_exchange=spec_check
+    ) as fake:
         fake.faults.latency = 0.005
         async with ev.Client(token=fake.token, base_url=fake.base_url, rate_limit_window=0.5) as c:
             me = await c.users.get("me")
