@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import attrs
 import orjson
 
-from .errors import EvEnergyError, InvalidRequest, InvalidResponse, TransportError, Unauthorized
+from .errors import InvalidRequest, InvalidResponse, TransportError, Unauthorized
 
 __all__ = ["ClientCredentials", "CredentialsAuth", "StaticToken", "TokenSource"]
 
@@ -137,10 +137,3 @@ def _json_object(body: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return payload if isinstance(payload, dict) else {}
-
-
-def describe_failure(exc: BaseException) -> str:
-    """A one-line reason for an auth failure that can never include a secret."""
-    if isinstance(exc, EvEnergyError):
-        return str(exc)
-    return type(exc).__name__

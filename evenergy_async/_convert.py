@@ -155,12 +155,6 @@ def _mapping(value: Any, _: Any = None) -> Mapping[str, Any]:
     return value
 
 
-def _country(value: Any) -> str | None:
-    if value is None or value in COUNTRY_CODES:
-        return value  # type: ignore[no-any-return]
-    raise _fail("expected an ISO 3166-1 alpha-2 country code", value)
-
-
 # --- refs ------------------------------------------------------------------------------------
 
 

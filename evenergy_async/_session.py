@@ -198,11 +198,12 @@ class Session:
         sent = False
         try:
             token = await self.auth.token()
-            headers = _sansio.request_headers(token, acting_user)
+            # form and multipart: aiohttp writes the Content-Type, with the multipart boundary
+            content_type = "application/json" if json is not None else None
+            headers = _sansio.request_headers(token, acting_user, content_type=content_type)
             data: Any = None
             if json is not None:
-                data = _dumps(json)
-                headers["Content-Type"] = "application/json"
+                data = orjson.dumps(json)
             elif form is not None:
                 data = aiohttp.FormData(form)
             elif multipart is not None:
@@ -230,10 +231,6 @@ class Session:
             self.rate_limit = rate
         await limiter.record(ticket, rate, response.status)
         return response, token
-
-
-def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
 
 
 def _describe(exc: BaseException) -> str:

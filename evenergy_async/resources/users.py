@@ -117,11 +117,11 @@ class Users(Collection):
             async for page in pages:
                 task = asyncio.ensure_future(self._client._resolve_paths(page.items, paths))
                 if pending is not None:
-                    for user in await _resolved(pending):
+                    for user in await _once_resolved(pending):
                         yield user
                 pending = (page.items, task)
             if pending is not None:
-                users, pending = await _resolved(pending), None
+                users, pending = await _once_resolved(pending), None
                 for user in users:
                     yield user
         finally:
@@ -210,7 +210,8 @@ class Users(Collection):
         return None
 
 
-async def _resolved(pending: tuple[list[User], asyncio.Task[None]]) -> list[User]:
+async def _once_resolved(pending: tuple[list[User], asyncio.Task[None]]) -> list[User]:
+    """A page's users, once the task resolving their relations is done."""
     users, task = pending
     await task
     return users
