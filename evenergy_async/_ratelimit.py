@@ -28,6 +28,7 @@ from typing import Protocol
 
 import attrs
 
+from ._validate import check_seconds
 from .errors import RateLimited
 from .models import RateLimit
 
@@ -50,9 +51,7 @@ class WindowState:
     """
 
     def __init__(self, window: float) -> None:
-        if not (isinstance(window, int | float) and math.isfinite(window) and window > 0):
-            raise ValueError(f"rate_limit_window must be a positive number of seconds: {window!r}")
-        self.window = float(window)
+        self.window = check_seconds(window, "rate_limit_window")
         self.probe_every = self.window / 20
         self.limit: int | None = None  # None: not known yet, or the server sends none
         self.blocked_until = 0.0

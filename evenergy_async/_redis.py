@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._ratelimit import LimiterStats
+from ._validate import check_seconds
 from .errors import InvalidRequest, RateLimited, TransportError
 from .models import RateLimit
 
@@ -528,11 +529,11 @@ class RedisRateLimiter:
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
         redis = _import_redis()
-        _check_seconds(window, "window")
-        _check_seconds(reservation_ttl, "reservation_ttl")
-        _check_seconds(poll_interval, "poll_interval")
-        _check_seconds(connect_timeout, "connect_timeout")
-        _check_seconds(socket_timeout, "socket_timeout")
+        check_seconds(window, "window")
+        check_seconds(reservation_ttl, "reservation_ttl")
+        check_seconds(poll_interval, "poll_interval")
+        check_seconds(connect_timeout, "connect_timeout")
+        check_seconds(socket_timeout, "socket_timeout")
         if key is not None:
             _check_key(key)
         self._redis: Redis
@@ -617,7 +618,7 @@ class RedisRateLimiter:
         self._set_keys(key)
 
     def configure(self, *, window: float) -> None:
-        _check_seconds(window, "rate_limit_window")
+        check_seconds(window, "rate_limit_window")
         if float(window) != self.window:
             if self._waiters or self._outstanding:
                 raise RuntimeError("cannot change the window of a limiter in use")
@@ -933,16 +934,6 @@ class RedisRateLimiter:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.poll_interval)
-
-
-def _check_seconds(value: object, name: str) -> None:
-    if not (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    ):
-        raise ValueError(f"{name} must be a positive number of seconds: {value!r}")
 
 
 def _check_key(key: object) -> None:

@@ -15,6 +15,7 @@ from ._convert import to_wire
 from ._countries import COUNTRY_CODES
 from .errors import InvalidRequest
 from .models import UNSET, LatLong, Location, UnsetType
+from .refs import Ref
 
 # The spec's id patterns: a 4-letter collection prefix and a 26-character ULID.
 _ID_BODY = r"[A-Z0-9]{26}"
@@ -73,6 +74,19 @@ def check_expand(value: object, allowed: frozenset[str], field: str = "expand") 
         if item not in result:
             result.append(item)
     return tuple(result)
+
+
+def check_seconds(value: object, field: str, *, zero_ok: bool = False) -> float:
+    """A finite number of seconds, above zero (or at least zero with `zero_ok`)."""
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value >= 0 if zero_ok else value > 0)
+    ):
+        return float(value)
+    bound = ">= 0" if zero_ok else "> 0"
+    raise InvalidRequest(field, f"expected a number of seconds {bound}, got {value!r}")
 
 
 def check_email(value: object, field: str = "email") -> str:
@@ -138,8 +152,6 @@ def _check_coordinates(value: object, field: str) -> None:
 
 
 def _check_relation(value: object, field: str) -> None:
-    from .refs import Ref
-
     if value is UNSET or value is None or isinstance(value, Ref):
         return
     raise InvalidRequest(field, f"expected an ev.Ref or None, got {value!r}")

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -98,14 +97,14 @@ class Client:
             def make_auth(post_form: PostForm) -> TokenSource:
                 return static
 
-        _check_number(timeout, "timeout", minimum=0.0, strict=True)
+        v.check_seconds(timeout, "timeout")
         if type(max_retries) is not int or max_retries < 0:
             raise InvalidRequest(
                 "max_retries", f"expected a whole number >= 0, got {max_retries!r}"
             )
-        _check_number(rate_limit_window, "rate_limit_window", minimum=0.0, strict=True)
+        v.check_seconds(rate_limit_window, "rate_limit_window")
         if max_rate_limit_wait is not None:
-            _check_number(max_rate_limit_wait, "max_rate_limit_wait", minimum=0.0)
+            v.check_seconds(max_rate_limit_wait, "max_rate_limit_wait", zero_ok=True)
         if type(resolve_concurrency) is not int or resolve_concurrency < 1:
             raise InvalidRequest("resolve_concurrency", "expected a whole number >= 1")
         if limiter is None:
@@ -345,15 +344,3 @@ def _check_acting_user(user_id: object) -> str | None:
     if user_id is None:
         return None
     return v.check_id(user_id, v.USER_ID, "acting_user")
-
-
-def _check_number(value: object, field: str, *, minimum: float, strict: bool = False) -> None:
-    ok = (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (value > minimum if strict else value >= minimum)
-    )
-    if not ok:
-        op = ">" if strict else ">="
-        raise InvalidRequest(field, f"expected a number {op} {minimum:g}, got {value!r}")
