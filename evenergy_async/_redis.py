@@ -286,6 +286,17 @@ local function leave()
   redis.call('ZREM', WD, me)
   return removed == 1
 end
+
+-- After a change: tell waiters if a token came free, or may come free sooner than they were
+-- told (capacity and next change as they were before it).  1 if they were told, else 0.
+local function wake_if_freed(cap0, nc0)
+  local cap1, nc1 = capacity(), next_change()
+  if cap1 > cap0 or (cap1 == 0 and nc1 ~= nil and (nc0 == nil or nc1 < nc0)) then
+    notify()
+    return 1
+  end
+  return 0
+end
 """
 
 # ARGV 5 want, 6 local waiters ahead (for the estimate), 7 max_wait or '', 8 poll, 9 grace.
@@ -420,15 +431,8 @@ else
   end
 end
 save()
--- Tell waiters if a token came free, or may come free sooner than they were told.
-local woke = 0
-local cap1, nc1 = capacity(), next_change()
-if cap1 > cap0 or (cap1 == 0 and nc1 ~= nil and (nc0 == nil or nc1 < nc0)) then
-  notify()
-  woke = 1
-end
 touch()
-return woke
+return wake_if_freed(cap0, nc0)
 """
 
 # ARGV 5 ticket, 6 sent (1/0).  Returns 1 if a token was freed for waiters, else 0.
@@ -444,14 +448,8 @@ elseif redis.call('ZSCORE', DONE, tks) then
   -- its reservation had expired: it counts from now if it may have been sent, else not at all
   if sent then redis.call('ZADD', DONE, fmt(now), tks) else redis.call('ZREM', DONE, tks) end
 end
-local woke = 0
-local cap1, nc1 = capacity(), next_change()
-if cap1 > cap0 or (cap1 == 0 and nc1 ~= nil and (nc0 == nil or nc1 < nc0)) then
-  notify()
-  woke = 1
-end
 touch()
-return woke
+return wake_if_freed(cap0, nc0)
 """
 
 _LEAVE = r"""
