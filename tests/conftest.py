@@ -73,3 +73,14 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     if check is not None:
         _fail_on(check.problems())
     return result
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`slow` tests (real time is their point) run only when a -m expression names them, as
+    .ci/run's separate `-m slow` run does; otherwise they are skipped, saying so under -ra."""
+    if "slow" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: waits in real time; run with -m slow (.ci/run does)")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)

@@ -225,3 +225,17 @@ async def test_views_acting_as_different_users_do_not_share_resolved_values(fake
         await alice.resolve(url)
         await bob.resolve(url)
         assert fake.stats.count("GET", TARIFF) == 2  # one each, cached per view
+
+
+async def test_the_devices_a_user_links_resolve(fake):
+    """Vehicles and EVSEs have no model yet: they resolve to the JSON the fake serves."""
+    async with client_for(fake) as client:
+        page = await client.users.pages(page_size=20).__anext__()
+        user = next(u for u in page.items if u.vehicles and u.evses)
+        vehicle = await client.resolve(user.vehicles[0])
+        evse = await user.evses[0].resolve()
+        assert vehicle["url"] == user.vehicles[0].url and vehicle["user"] == user.url
+        assert evse["id"] == user.evses[0].id and evse["user"] == user.url
+        assert await client.resolve(user.vehicles[0].url) is vehicle  # cached
+    assert fake.stats.count("GET", "/v2/vehicles/{vehicle_id}") == 1
+    assert fake.stats.count("GET", "/v2/evses/{evse_id}") == 1
