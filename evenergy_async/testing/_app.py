@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import bisect
 import contextvars
 import math
@@ -65,10 +64,14 @@ PROBLEM_JSON = "application/problem+json"
 API_VERSION = "2"
 DEFAULT_PAGE_SIZE = 25
 MAX_PAGE_SIZE = 100
+MAX_PAGE_NUMBER = (
+    2**31 - 1
+)  # beyond it a page number is malformed (400), below it maybe absent (404)
 CACHE_SIZE = 512
 SCOPES = "user:read user:write tariff:read tariff:prices:read site:read"
 _CURSOR = re.compile(r"[a-z]{4}[A-Z0-9]{26}")
 _USER_ID = re.compile(r"user[A-Z0-9]{26}")
+_VERSION_2 = re.compile(r"0*2(\.0*)?", re.ASCII)
 _ACCEPTABLE = frozenset({"*/*", "application/*", JSON, PROBLEM_JSON})
 _UNMATCHED = "<unmatched>"
 
@@ -456,11 +459,7 @@ class Api:
         version = request.headers.get("EvEnergy-Version")
         if version is None or version.strip() == API_VERSION:
             return
-        try:
-            supported = float(version) == 2
-        except ValueError:
-            supported = False
-        if not supported:
+        if not _VERSION_2.fullmatch(version.strip()):  # ASCII only: float() takes "٢" too
             raise Problem(
                 400,
                 "Unsupported version",
@@ -917,24 +916,40 @@ class Api:
 # --- query parsing ---------------------------------------------------------------------------
 
 
+def _ascii_int(raw: str, largest: int) -> int | None:
+    """``raw`` as an integer in [0, largest] if it is ASCII digits only, else None.
+
+    ``str.isdigit`` alone accepts ``²`` and other Unicode digits that ``int`` refuses, and
+    ``int`` refuses over 4300 digits: both once made a 500 here.
+    """
+    if not (raw.isascii() and raw.isdigit()) or len(raw.lstrip("0")) > len(str(largest)):
+        return None
+    value = int(raw)
+    return value if value <= largest else None
+
+
 def _page_size(query: MultiMapping[str]) -> int:
     raw = query.get("page_size")
     if raw is None:
         return DEFAULT_PAGE_SIZE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    size = _ascii_int(raw, MAX_PAGE_SIZE)
+    if size is None or size < 1:
         raise pagination_problem(
             "page_size", f"Ensure this value is an integer between 1 and {MAX_PAGE_SIZE}."
         )
-    return int(raw)
+    return size
 
 
 def _page_number(query: MultiMapping[str]) -> int:
     raw = query.get("page")
     if raw is None:
         return 1
-    if not raw.isdigit() or int(raw) < 1:
-        raise pagination_problem("page", "Ensure this value is an integer of at least 1.")
-    return int(raw)
+    number = _ascii_int(raw, MAX_PAGE_NUMBER)
+    if number is None or number < 1:
+        raise pagination_problem(
+            "page", f"Ensure this value is an integer between 1 and {MAX_PAGE_NUMBER}."
+        )
+    return number
 
 
 def _cursor(query: MultiMapping[str], name: str, prefix: str = "user") -> str | None:
@@ -1015,7 +1030,7 @@ def _basic_credentials(header: str) -> tuple[str | None, str | None]:
         return None, None
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text
         return None, None
     client_id, _, secret = decoded.partition(":")
     return unquote_plus(client_id), unquote_plus(secret)
