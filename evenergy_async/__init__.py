@@ -23,12 +23,14 @@ if TYPE_CHECKING:
     from .errors import (
         APIError,
         BadRequest,
+        ClientClosed,
         Conflict,
         EvEnergyError,
         Forbidden,
         InvalidRequest,
         InvalidResponse,
         NotFound,
+        OutcomeUnknown,
         RateLimited,
         ServerError,
         TransportError,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     )
     from .models import (
         UNSET,
+        ClientStats,
         EVSESite,
         LatLong,
         Location,
@@ -65,12 +68,14 @@ _HOMES = {
         (
             "APIError",
             "BadRequest",
+            "ClientClosed",
             "Conflict",
             "EvEnergyError",
             "Forbidden",
             "InvalidRequest",
             "InvalidResponse",
             "NotFound",
+            "OutcomeUnknown",
             "RateLimited",
             "ServerError",
             "TransportError",
@@ -81,6 +86,7 @@ _HOMES = {
     **dict.fromkeys(
         (
             "UNSET",
+            "ClientStats",
             "EVSESite",
             "LatLong",
             "Location",
@@ -104,7 +110,9 @@ __all__ = [
     "BadRequest",
     "BudgetSnapshot",
     "Client",
+    "ClientClosed",
     "ClientCredentials",
+    "ClientStats",
     "Conflict",
     "EVSESite",
     "EvEnergyError",
@@ -115,6 +123,7 @@ __all__ = [
     "LimiterStats",
     "Location",
     "NotFound",
+    "OutcomeUnknown",
     "Page",
     "Price",
     "RateLimit",

@@ -19,8 +19,9 @@ from ._auth import ClientCredentials, CredentialsAuth, PostForm, StaticToken, To
 from ._cache import MISSING, TTLCache
 from ._ratelimit import RateLimiter, RateLimiterProtocol
 from ._session import Response, Session
+from ._transport import Transport
 from .errors import InvalidRequest
-from .models import EVSESite, RateLimit, Supplier, Tariff, User
+from .models import ClientStats, EVSESite, RateLimit, Supplier, Tariff, User
 from .refs import Ref
 from .resources import EVSESites, Suppliers, Tariffs, Users
 
@@ -58,7 +59,14 @@ class _Shared:
 
 
 class Client:
-    """An ev.energy v2 API client.  Use it as an async context manager, or call `close()`."""
+    """An ev.energy v2 API client.  Use it as an async context manager, or call `close()`.
+
+    `timeout` bounds one attempt (connect, send, read the whole response), in seconds; a call
+    makes up to ``1 + max_retries`` attempts, plus waits for budget and backoffs between
+    them.  `deadline` (seconds, None: none) bounds all of that together for each call.
+    `max_response_bytes` caps a response body (after decompression).  `transport` replaces
+    the aiohttp transport (tests use `evenergy_async.testing.MockTransport`).
+    """
 
     def __init__(
         self,
@@ -73,6 +81,9 @@ class Client:
         max_rate_limit_wait: float | None = None,
         limiter: RateLimiterProtocol | None = None,
         session: aiohttp.ClientSession | None = None,
+        deadline: float | None = None,
+        max_response_bytes: int = 64 * 2**20,
+        transport: Transport | None = None,
         cache_size: int = 4096,
         cache_ttl: float = 600.0,
         resolve_concurrency: int = 8,
@@ -105,6 +116,12 @@ class Client:
         v.check_seconds(rate_limit_window, "rate_limit_window")
         if max_rate_limit_wait is not None:
             v.check_seconds(max_rate_limit_wait, "max_rate_limit_wait", zero_ok=True)
+        if deadline is not None:
+            v.check_seconds(deadline, "deadline")
+        if type(max_response_bytes) is not int or max_response_bytes < 1:
+            raise InvalidRequest("max_response_bytes", "expected a whole number >= 1")
+        if transport is not None and session is not None:
+            raise InvalidRequest("transport", "give either session= or transport=, not both")
         if type(resolve_concurrency) is not int or resolve_concurrency < 1:
             raise InvalidRequest("resolve_concurrency", "expected a whole number >= 1")
         if limiter is None:
@@ -123,6 +140,10 @@ class Client:
             max_retries=max_retries,
             max_rate_limit_wait=max_rate_limit_wait,
             http=session,
+            transport=transport,
+            deadline=deadline,
+            max_response_bytes=max_response_bytes,
+            refreshable=credentials is not None,
         )
         shared = _Shared(session_obj, TTLCache(cache_size, cache_ttl), resolve_concurrency)
         self._init_view(shared, _check_acting_user(acting_user), is_view=False)
@@ -185,6 +206,25 @@ class Client:
     @property
     def limiter(self) -> RateLimiterProtocol:
         return self._session.limiter
+
+    @property
+    def stats(self) -> ClientStats:
+        """A snapshot of what the client (and its views) did since it was made."""
+        counters = self._session.counters
+        limiter = self._session.limiter.stats
+        cache = self._shared.cache
+        return ClientStats(
+            requests=counters.requests,
+            responses=dict(sorted(counters.by_status.items())),
+            transport_errors=counters.transport_errors,
+            retries=counters.retries,
+            throttled=limiter.throttled,
+            limiter_waits=limiter.waits,
+            limiter_wait_seconds=limiter.wait_seconds,
+            cache_hits=cache.hits,
+            cache_misses=cache.misses,
+            bytes_read=counters.bytes_read,
+        )
 
     async def _request(self, method: str, url: URL, **kwargs: Any) -> Response:
         return await self._session.request(method, url, acting_user=self._acting_user, **kwargs)

@@ -12,8 +12,10 @@ Every exception the library raises on purpose derives from `EvEnergyError`::
     │   ├── RateLimited       429, or a rate-limit wait longer than `max_rate_limit_wait`
     │   └── ServerError       5xx
     ├── TransportError        no usable response: connection refused or reset, timeout
+    │   └── OutcomeUnknown    a write that may or may not have been applied, not reconciled
     ├── InvalidResponse       a response the published spec does not allow (malformed body)
-    └── InvalidRequest        input refused before anything was sent (also a `ValueError`)
+    ├── InvalidRequest        input refused before anything was sent (also a `ValueError`)
+    └── ClientClosed          the client was closed: no call is sent after `close()`
 
 Other 4xx statuses (405, 406, 413, ...) raise `APIError` itself.  `status_error` is the one
 place that maps a status to its class.
@@ -31,12 +33,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 __all__ = [
     "APIError",
     "BadRequest",
+    "ClientClosed",
     "Conflict",
     "EvEnergyError",
     "Forbidden",
     "InvalidRequest",
     "InvalidResponse",
     "NotFound",
+    "OutcomeUnknown",
     "RateLimited",
     "ServerError",
     "TransportError",
@@ -131,6 +135,15 @@ class ServerError(APIError):
 
 class TransportError(EvEnergyError):
     """No usable response: the connection failed, was reset, or timed out."""
+
+
+class OutcomeUnknown(TransportError):
+    """A write that is not safe to repeat may or may not have been applied, and looking it up
+    failed too: find out before sending it again."""
+
+
+class ClientClosed(EvEnergyError):
+    """The client (or the client a view belongs to) was closed; nothing more is sent."""
 
 
 class InvalidResponse(EvEnergyError):

@@ -146,6 +146,30 @@ class EVSESite:
 
 
 @attrs.frozen
+class ClientStats:
+    """What a client (with its views) did since it was made: `client.stats`.
+
+    `requests` counts attempts sent; `responses` counts them by status class (``"2xx"``,
+    ``"4xx"``, ...) and `transport_errors` those that got no response.  `retries` counts
+    attempts after a call's first (429s and token refreshes included), `throttled` the 429s
+    seen.  `limiter_waits` and `limiter_wait_seconds` are the waits for rate-limit budget;
+    `cache_hits` and `cache_misses` are the resolve cache's; `bytes_read` counts response
+    bodies (decompressed).
+    """
+
+    requests: int
+    responses: dict[str, int]
+    transport_errors: int
+    retries: int
+    throttled: int
+    limiter_waits: int
+    limiter_wait_seconds: float
+    cache_hits: int
+    cache_misses: int
+    bytes_read: int
+
+
+@attrs.frozen
 class Page(Generic[T]):
     """One page of a list: its items and where the neighbouring pages are.
 

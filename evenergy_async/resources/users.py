@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, Literal
 
 from .. import _validate as v
 from .._convert import UserDecoder
-from .._session import OutcomeUnknown, Response, merge_params
+from .._session import Response, merge_params
 from ..errors import BadRequest, EvEnergyError, InvalidRequest
 from ..models import UNSET, Location, Page, UnsetType, User
 from ._base import Collection
@@ -144,29 +144,34 @@ class Users(Collection):
     ) -> User:
         """Create a user; ``default_location=None`` is refused (the API has no null location).
 
-        The API has no idempotency key: when the response is lost, the user is looked up by
-        email before the request is sent again, so there are no duplicates."""
+        The API has no idempotency key: when the outcome of the request is unknown (a lost
+        response, a 502/503/504), the session backs off as for any retry, then the user is
+        looked up by email before the request is sent again, so there are no duplicates.  If
+        that look-up fails too, `OutcomeUnknown` is raised."""
         body = v.user_body(email=email, default_location=default_location)
-        url = self._url()
-        attempts = 0
-        while True:
-            try:
-                response = await self._send_body("POST", url, body, encoding, repeatable=False)
-                return self._decode(response, User)
-            except OutcomeUnknown:
-                attempts += 1
+        found: list[User] = []
+        asked = False
+
+        async def landed() -> bool:
+            nonlocal asked
+            asked = True
+            existing = await self._find_by_email(email)
+            if existing is not None:
+                found.append(existing)
+            return existing is not None
+
+        try:
+            response = await self._send_body("POST", self._url(), body, encoding, landed=landed)
+        except BadRequest as exc:
+            # A create that landed but whose answer was lost reads "email taken" when resent.
+            if "email" in exc.field_errors and asked:
                 existing = await self._find_by_email(email)
                 if existing is not None:
                     return existing
-                if attempts > self._client._session.max_retries:
-                    raise
-            except BadRequest as exc:
-                # A create that landed but whose answer was lost now reads "email taken".
-                if attempts and "email" in exc.field_errors:
-                    existing = await self._find_by_email(email)
-                    if existing is not None:
-                        return existing
-                raise
+            raise
+        if response is None:
+            return found[0]
+        return self._decode(response, User)
 
     async def update(
         self,
@@ -187,21 +192,35 @@ class Users(Collection):
         )
         url = merge_params(self._url(user_id), {"expand": expansions})
         # PATCH sets fields, so sending it twice is harmless: retried like a GET.
-        response = await self._send_body("PATCH", url, body, encoding, repeatable=True)
+        response = await self._send_body("PATCH", url, body, encoding)
+        assert response is not None  # only a write with a look-up ends in None
         return self._decode(response, User)
 
     async def _send_body(
-        self, method: str, url: Any, body: dict[str, Any], encoding: str, *, repeatable: bool
-    ) -> Response:
+        self,
+        method: str,
+        url: Any,
+        body: dict[str, Any],
+        encoding: str,
+        *,
+        landed: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Response | None:
+        """Send `body`; a write with `landed` (not safe to repeat) may end in None: found."""
         if encoding not in _ENCODINGS:
             raise InvalidRequest("encoding", f"expected one of {', '.join(_ENCODINGS)}")
-        request = self._client._request
+        kwargs: dict[str, Any]
         if encoding == "json":
-            return await request(method, url, json=body, repeatable=repeatable)
-        fields = v.form_fields(body)
-        if encoding == "form":
-            return await request(method, url, form=fields, repeatable=repeatable)
-        return await request(method, url, multipart=fields, repeatable=repeatable)
+            kwargs = {"json": body}
+        elif encoding == "form":
+            kwargs = {"form": v.form_fields(body)}
+        else:
+            kwargs = {"multipart": v.form_fields(body)}
+        client = self._client
+        if landed is None:
+            return await client._request(method, url, **kwargs)
+        return await client._session.write(
+            method, url, landed=landed, acting_user=client.acting_user, **kwargs
+        )
 
     async def _find_by_email(self, email: str) -> User | None:
         async for user in self.list(email=email, page_size=1):
