@@ -70,6 +70,10 @@ class TokenSource(Protocol):
         """Forget `token` after a 401; True if a fresh one can be fetched."""
         ...
 
+    def cancel(self) -> None:
+        """Stop a fetch in flight (the client is closing)."""
+        ...
+
 
 class StaticToken:
     def __init__(self, token: str) -> None:
@@ -87,6 +91,9 @@ class StaticToken:
 
     def invalidate(self, token: str) -> bool:
         return False
+
+    def cancel(self) -> None:
+        pass
 
     def __repr__(self) -> str:
         return "StaticToken('***')"
@@ -125,6 +132,10 @@ class CredentialsAuth:
         self._fetch = None
         if not future.cancelled():
             future.exception()  # retrieved here, so an unawaited failure is not logged as lost
+
+    def cancel(self) -> None:
+        if self._fetch is not None:
+            self._fetch.cancel()
 
     def invalidate(self, token: str) -> bool:
         if token == self._token:

@@ -24,7 +24,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import attrs
@@ -54,6 +54,7 @@ from .errors import (
     ClientClosed,
     EvEnergyError,
     OutcomeUnknown,
+    RateLimited,
     ServerError,
     TransportError,
 )
@@ -62,6 +63,8 @@ from .models import RateLimit
 __all__ = ["OutcomeUnknown", "Response", "Session", "SessionCounters"]
 
 log = logging.getLogger("evenergy_async")
+
+T = TypeVar("T")
 
 # A wait for budget longer than this is logged as a warning.
 SLOW_BUDGET_WAIT = 5.0
@@ -195,6 +198,7 @@ class Session:
             if task is not current and not task.done():
                 self._closing.add(task)
                 task.cancel()
+        self.auth.cancel()
         await self.transport.aclose()
 
     def _check_open(self) -> None:
@@ -382,19 +386,25 @@ class Session:
         # The token first, outside the limiter: every task waiting shares one fetch, and a
         # failed fetch spends no budget.
         try:
-            token = await self.auth.token()
+            token = await self._bounded(self.auth.token(), state, "a token")
         except (ServerError, TransportError) as exc:
+            if state.deadline is not None and self.clock() >= state.deadline:
+                raise
             return TokenError(exc), None
         self._check_open()
-        timeout = self.timeout
         max_wait = self.policy.max_rate_limit_wait
         if state.deadline is not None:
-            remaining = state.deadline - self.clock()
-            if remaining <= 0:
-                raise TransportError(f"{call.method} {call.path}: deadline exceeded")
-            timeout = min(timeout, remaining)
-            max_wait = remaining if max_wait is None else min(max_wait, remaining)
-        ticket = await self._acquire(max_wait, call)
+            left = state.deadline - self.clock()
+            max_wait = left if max_wait is None else min(max_wait, left)
+        ticket = await self._acquire(max_wait, state, call)
+        timeout = self.timeout
+        if state.deadline is not None:
+            # What the wait for budget left of the deadline bounds the attempt.
+            left = state.deadline - self.clock()
+            if left <= 0:
+                self.limiter.release(ticket, sent=False)
+                raise _deadline_rate_limited(call)
+            timeout = min(timeout, left)
         headers = _sansio.request_headers(token, acting_user, content_type=content_type)
         request = Request(call.method, url, headers, body, timeout, self.max_response_bytes)
         limiter = self.limiter
@@ -418,17 +428,45 @@ class Session:
         await limiter.record(ticket, rate, response.status)
         return response, token
 
-    async def _acquire(self, max_wait: float | None, call: Call) -> int:
+    async def _bounded(self, waiting: Awaitable[T], state: CallState, what: str) -> T:
+        """`waiting`, given up (`TransportError`) when the call's deadline runs out."""
+        if state.deadline is None:
+            return await waiting
+        left = state.deadline - self.clock()
+        try:
+            return await asyncio.wait_for(waiting, max(left, 0.0))
+        except asyncio.TimeoutError:
+            pass
+        raise TransportError(f"timed out: the call's deadline ran out waiting for {what}")
+
+    async def _acquire(self, max_wait: float | None, state: CallState, call: Call) -> int:
         """A limiter ticket, waiting at most `max_wait` seconds (None: as long as it takes).
 
         The limiter's own errors (`RateLimited`, `RateLimiterUnavailable`) end the call as
         they are: a dead limiter is not retried."""
         start = self.clock()
-        ticket = await self.limiter.acquire(max_wait)
+        if state.deadline is None:
+            ticket = await self.limiter.acquire(max_wait)
+        else:
+            # The limiter keeps to max_wait itself; the deadline holds whatever it does.
+            try:
+                ticket = await self._bounded(self.limiter.acquire(max_wait), state, "budget")
+            except TransportError:
+                raise _deadline_rate_limited(call) from None
         waited = self.clock() - start
         if waited > SLOW_BUDGET_WAIT:
             log.warning("%s %s: waited %.1f s for budget", call.method, call.path, waited)
+        elif waited > 0:
+            log.debug("%s %s: waited %.2f s for budget", call.method, call.path, waited)
         return ticket
+
+
+def _deadline_rate_limited(call: Call) -> RateLimited:
+    return RateLimited(
+        429,
+        title="Rate limit wait too long",
+        detail=f"{call.method} {call.path}: the call's deadline ran out waiting for budget",
+    )
 
 
 async def _look_up(

@@ -151,6 +151,47 @@ async def test_deadline_ends_a_timing_out_call_with_transport_error():
     assert len(transport.requests) == 2  # 5 s, then the 3 s left; no third attempt
 
 
+class HangingLimiter(RecordingLimiter):
+    """Never grants: the budget is gone for good."""
+
+    cancelled = 0
+
+    async def acquire(self, max_wait: float | None = None) -> int:
+        self.max_waits.append(max_wait)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        raise AssertionError("not reached")
+
+
+async def test_deadline_ends_a_wait_for_budget_with_rate_limited():
+    transport = MockTransport()
+    limiter = HangingLimiter()
+    async with ev.Client(
+        SECRET, base_url=B, transport=transport, deadline=0.05, limiter=limiter
+    ) as c:
+        with pytest.raises(ev.RateLimited, match="deadline"):
+            await c.users.get(UID)
+    assert limiter.cancelled == 1  # the wait was given up, not left behind
+    assert transport.requests == []
+
+
+async def test_deadline_ends_a_wait_for_a_token_with_transport_error():
+    async def hang(request: Request) -> MockReply:
+        await asyncio.Event().wait()
+        raise AssertionError("not reached")
+
+    transport = MockTransport()
+    transport.post(TOKEN_URL, callback=hang)
+    creds = ev.ClientCredentials("id", "sec")
+    async with ev.Client(credentials=creds, base_url=B, transport=transport, deadline=0.05) as c:
+        with pytest.raises(ev.TransportError, match="deadline"):
+            await c.users.get(UID)
+    assert transport.calls("GET") == []
+
+
 # --- writes -------------------------------------------------------------------------------------
 
 
