@@ -18,18 +18,21 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._auth import ClientCredentials
     from ._ratelimit import LimiterStats, RateLimiter, RateLimiterProtocol
-    from ._redis import BudgetSnapshot, RateLimiterUnavailable, RedisRateLimiter
+    from ._redis import BudgetSnapshot, RedisRateLimiter
     from .client import DEFAULT_BASE_URL, Client
     from .errors import (
         APIError,
         BadRequest,
+        ClientClosed,
         Conflict,
         EvEnergyError,
         Forbidden,
         InvalidRequest,
         InvalidResponse,
         NotFound,
+        OutcomeUnknown,
         RateLimited,
+        RateLimiterUnavailable,
         ServerError,
         TransportError,
         Unauthorized,
@@ -57,7 +60,6 @@ _HOMES = {
     "RateLimiter": "._ratelimit",
     "RateLimiterProtocol": "._ratelimit",
     "RedisRateLimiter": "._redis",
-    "RateLimiterUnavailable": "._redis",
     "BudgetSnapshot": "._redis",
     "DEFAULT_BASE_URL": ".client",
     "Client": ".client",
@@ -65,13 +67,16 @@ _HOMES = {
         (
             "APIError",
             "BadRequest",
+            "ClientClosed",
             "Conflict",
             "EvEnergyError",
             "Forbidden",
             "InvalidRequest",
             "InvalidResponse",
             "NotFound",
+            "OutcomeUnknown",
             "RateLimited",
+            "RateLimiterUnavailable",
             "ServerError",
             "TransportError",
             "Unauthorized",
@@ -104,6 +109,7 @@ __all__ = [
     "BadRequest",
     "BudgetSnapshot",
     "Client",
+    "ClientClosed",
     "ClientCredentials",
     "Conflict",
     "EVSESite",
@@ -115,6 +121,7 @@ __all__ = [
     "LimiterStats",
     "Location",
     "NotFound",
+    "OutcomeUnknown",
     "Page",
     "Price",
     "RateLimit",

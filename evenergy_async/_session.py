@@ -33,7 +33,7 @@ from yarl import URL
 from . import _sansio
 from ._auth import PostForm, TokenSource
 from ._ratelimit import RateLimiterProtocol
-from .errors import EvEnergyError, TransportError
+from .errors import EvEnergyError, OutcomeUnknown, TransportError
 from .models import RateLimit
 
 __all__ = ["OutcomeUnknown", "Response", "Session"]
@@ -45,10 +45,6 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_THROTTLED_ATTEMPTS = 50
 # A 5xx whose Retry-After asks for longer than this is raised, not slept through in a call.
 MAX_SERVER_RETRY_AFTER = 300.0
-
-
-class OutcomeUnknown(TransportError):
-    """A non-repeatable request may or may not have taken effect (no response arrived)."""
 
 
 class _MaybeSent(TransportError):
@@ -226,7 +222,7 @@ class Session:
         except BaseException:  # cancelled, or our own error: the token may have been spent
             limiter.release(ticket, sent=sent)
             raise
-        rate = RateLimit.from_headers(response.headers, time.time())
+        rate = _sansio.rate_limit_from_headers(response.headers, time.time())
         if rate is not None:
             self.rate_limit = rate
         await limiter.record(ticket, rate, response.status)

@@ -6,12 +6,13 @@ import asyncio
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any, Literal
 
+from .. import _bodies as b
 from .. import _validate as v
 from .._convert import UserDecoder
-from .._session import OutcomeUnknown, Response, merge_params
-from ..errors import BadRequest, EvEnergyError, InvalidRequest
+from .._session import Response, merge_params
+from ..errors import BadRequest, InvalidRequest, OutcomeUnknown
 from ..models import UNSET, Location, Page, UnsetType, User
-from ._base import Collection
+from ._base import Collection, Position, resumable
 
 __all__ = ["Encoding", "Users"]
 
@@ -75,36 +76,30 @@ class Users(Collection):
         """
         params = self._list_params(page_size, email, expand, page_after, page_before)
         paths = v.check_expand(resolve, v.USER_EXPANSIONS, "resolve")
-        client = self._client
-        last_id = page_after
-        if paths:
-            resolved = self._resolved(params, page_after, paths)
-            try:
-                async for user in resolved:
-                    yield user
-                    last_id = user.id
-            except EvEnergyError as exc:
-                exc.resume_cursor = last_id
-                raise
-            finally:
-                await resolved.aclose()
-            return
+        position = Position(page_after)  # the id of the last user handed over
         # The hot path of every bulk sync, so one generator deep: each user is decoded just
         # before it is handed over (a page of models built up front would outlive the young
         # garbage collection and cost full ones).
-        decoder = UserDecoder(client)
-        pages = self._raw_pages(self._url(), params, page_after)
+        decoder = UserDecoder(self._ctx)
+        stream: AsyncGenerator[Any, None] = (
+            self._resolved(params, page_after, paths)
+            if paths
+            else self._raw_pages(self._url(), params)
+        )
         try:
-            async for page in pages:
-                for user in decoder.each(page.items):
-                    yield user
-                    last_id = user.id
-                client._remember(decoder.take_expanded())
-        except EvEnergyError as exc:
-            exc.resume_cursor = last_id
-            raise
+            with resumable(position):
+                if paths:
+                    async for user in stream:
+                        yield user
+                        position.cursor = user.id
+                    return
+                async for page in stream:
+                    for user in decoder.each(page.items):
+                        yield user
+                        position.cursor = user.id
+                    self._ctx.remember(decoder.take_expanded())
         finally:
-            await pages.aclose()
+            await stream.aclose()
 
     async def _resolved(
         self, params: dict[str, Any], cursor: str | None, paths: tuple[str, ...]
@@ -112,10 +107,11 @@ class Users(Collection):
         """Users with `paths` resolved: a page's relations are fetched while the consumer takes
         the page before it, so at most two pages are held."""
         pending: tuple[list[User], asyncio.Task[None]] | None = None
+        ctx = self._ctx
         pages = self._pages(self._url(), User, params, cursor)
         try:
             async for page in pages:
-                task = asyncio.ensure_future(self._client._resolve_paths(page.items, paths))
+                task = ctx.spawn(ctx.resolve_paths(page.items, paths))
                 if pending is not None:
                     for user in await _once_resolved(pending):
                         yield user
@@ -146,7 +142,7 @@ class Users(Collection):
 
         The API has no idempotency key: when the response is lost, the user is looked up by
         email before the request is sent again, so there are no duplicates."""
-        body = v.user_body(email=email, default_location=default_location)
+        body = b.user_body(email=email, default_location=default_location)
         url = self._url()
         attempts = 0
         while True:
@@ -158,7 +154,7 @@ class Users(Collection):
                 existing = await self._find_by_email(email)
                 if existing is not None:
                     return existing
-                if attempts > self._client._session.max_retries:
+                if attempts > self._ctx.max_retries:
                     raise
             except BadRequest as exc:
                 # A create that landed but whose answer was lost now reads "email taken".
@@ -182,7 +178,7 @@ class Users(Collection):
         (sent as every field null: the API has no null location)."""
         user_id = v.check_id(user_id, v.USER_ID, "user_id", me=True)
         expansions = v.check_expand(expand, v.USER_EXPANSIONS)
-        body = v.user_body(
+        body = b.user_body(
             email=email, default_location=default_location, none_clears_location=True
         )
         url = merge_params(self._url(user_id), {"expand": expansions})
@@ -195,10 +191,10 @@ class Users(Collection):
     ) -> Response:
         if encoding not in _ENCODINGS:
             raise InvalidRequest("encoding", f"expected one of {', '.join(_ENCODINGS)}")
-        request = self._client._request
+        request = self._ctx.request
         if encoding == "json":
             return await request(method, url, json=body, repeatable=repeatable)
-        fields = v.form_fields(body)
+        fields = b.form_fields(body)
         if encoding == "form":
             return await request(method, url, form=fields, repeatable=repeatable)
         return await request(method, url, multipart=fields, repeatable=repeatable)
