@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._auth import ClientCredentials
     from ._ratelimit import LimiterStats, RateLimiter, RateLimiterProtocol
-    from ._redis import BudgetSnapshot, RateLimiterUnavailable, RedisRateLimiter
+    from ._redis import BudgetSnapshot, RedisRateLimiter
     from .client import DEFAULT_BASE_URL, Client
     from .errors import (
         APIError,
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         NotFound,
         OutcomeUnknown,
         RateLimited,
+        RateLimiterUnavailable,
         ServerError,
         TransportError,
         Unauthorized,
@@ -60,7 +61,6 @@ _HOMES = {
     "RateLimiter": "._ratelimit",
     "RateLimiterProtocol": "._ratelimit",
     "RedisRateLimiter": "._redis",
-    "RateLimiterUnavailable": "._redis",
     "BudgetSnapshot": "._redis",
     "DEFAULT_BASE_URL": ".client",
     "Client": ".client",
@@ -77,6 +77,7 @@ _HOMES = {
             "NotFound",
             "OutcomeUnknown",
             "RateLimited",
+            "RateLimiterUnavailable",
             "ServerError",
             "TransportError",
             "Unauthorized",

@@ -422,7 +422,7 @@ class Session:
         by_status = self.counters.by_status
         key = f"{response.status // 100}xx"
         by_status[key] = by_status.get(key, 0) + 1
-        rate = RateLimit.from_headers(response.headers, self.wall_clock())
+        rate = _sansio.rate_limit_from_headers(response.headers, self.wall_clock())
         if rate is not None:
             self.rate_limit = rate
         await limiter.record(ticket, rate, response.status)

@@ -12,10 +12,13 @@ Every exception the library raises on purpose derives from `EvEnergyError`::
     │   ├── RateLimited       429, or a rate-limit wait longer than `max_rate_limit_wait`
     │   └── ServerError       5xx
     ├── TransportError        no usable response: connection refused or reset, timeout
-    │   └── OutcomeUnknown    a write that may or may not have been applied, not reconciled
-    ├── InvalidResponse       a response the published spec does not allow (malformed body)
+    │   ├── OutcomeUnknown    a write that may or may not have been applied, and could not
+    │   │                     be reconciled (no response, and the look-up failed too)
+    │   └── RateLimiterUnavailable   the shared limiter's store (Redis) could not be reached
+    ├── InvalidResponse       a response the published spec does not allow (malformed body,
+    │                         a bad or looping ``Link`` URL, a page far over its page size)
     ├── InvalidRequest        input refused before anything was sent (also a `ValueError`)
-    └── ClientClosed          the client was closed: no call is sent after `close()`
+    └── ClientClosed          the client (or the client of an `as_user` view) was closed
 
 Other 4xx statuses (405, 406, 413, ...) raise `APIError` itself.  `status_error` is the one
 place that maps a status to its class.
@@ -42,6 +45,7 @@ __all__ = [
     "NotFound",
     "OutcomeUnknown",
     "RateLimited",
+    "RateLimiterUnavailable",
     "ServerError",
     "TransportError",
     "Unauthorized",
@@ -138,12 +142,12 @@ class TransportError(EvEnergyError):
 
 
 class OutcomeUnknown(TransportError):
-    """A write that is not safe to repeat may or may not have been applied, and looking it up
-    failed too: find out before sending it again."""
+    """A non-repeatable request (a create) may or may not have taken effect: no response
+    arrived, and what happened could not be found out."""
 
 
-class ClientClosed(EvEnergyError):
-    """The client (or the client a view belongs to) was closed; nothing more is sent."""
+class RateLimiterUnavailable(TransportError):
+    """The shared rate limiter's Redis could not be reached (or refused the command)."""
 
 
 class InvalidResponse(EvEnergyError):
@@ -156,6 +160,10 @@ class InvalidRequest(EvEnergyError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(f"{field}: {message}")
+
+
+class ClientClosed(EvEnergyError):
+    """The client was closed (`close()`, or the end of its ``async with``): closing is final."""
 
 
 _BY_STATUS: dict[int, type[APIError]] = {

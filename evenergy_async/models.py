@@ -14,7 +14,6 @@ from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
-from ._sansio import parse_count, retry_after
 from .refs import Ref
 
 __all__ = [
@@ -189,25 +188,9 @@ class RateLimit:
 
     `limit` is the budget per rolling window, `remaining` what is left of it, `retry_after`
     the seconds to wait (429 responses only).  Each is None when the header was absent or
-    unreadable.
+    unreadable.  Read from a response by `_sansio.rate_limit_from_headers`.
     """
 
     limit: int | None
     remaining: int | None
     retry_after: float | None = None
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str], now: float) -> RateLimit | None:
-        """The snapshot in a response's headers, or None if it carries no rate-limit header.
-
-        `headers` must look names up case-insensitively; `now` is seconds since the epoch
-        (for an HTTP-date Retry-After).
-        """
-        limit = parse_count(headers.get("X-RateLimit-Limit"))
-        remaining = parse_count(headers.get("X-RateLimit-Remaining"))
-        wait = retry_after(headers, now)
-        if limit is None and remaining is None and wait is None:
-            return None
-        if limit is not None and remaining is not None and remaining > limit:
-            remaining = limit
-        return cls(limit, remaining, wait)

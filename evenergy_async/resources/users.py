@@ -6,12 +6,13 @@ import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, Literal
 
+from .. import _bodies as b
 from .. import _validate as v
 from .._convert import UserDecoder
 from .._session import Response, merge_params
-from ..errors import BadRequest, EvEnergyError, InvalidRequest
+from ..errors import BadRequest, InvalidRequest
 from ..models import UNSET, Location, Page, UnsetType, User
-from ._base import Collection
+from ._base import Collection, Position, resumable
 
 __all__ = ["Encoding", "Users"]
 
@@ -75,36 +76,30 @@ class Users(Collection):
         """
         params = self._list_params(page_size, email, expand, page_after, page_before)
         paths = v.check_expand(resolve, v.USER_EXPANSIONS, "resolve")
-        client = self._client
-        last_id = page_after
-        if paths:
-            resolved = self._resolved(params, page_after, paths)
-            try:
-                async for user in resolved:
-                    yield user
-                    last_id = user.id
-            except EvEnergyError as exc:
-                exc.resume_cursor = last_id
-                raise
-            finally:
-                await resolved.aclose()
-            return
+        position = Position(page_after)  # the id of the last user handed over
         # The hot path of every bulk sync, so one generator deep: each user is decoded just
         # before it is handed over (a page of models built up front would outlive the young
         # garbage collection and cost full ones).
-        decoder = UserDecoder(client)
-        pages = self._raw_pages(self._url(), params, page_after)
+        decoder = UserDecoder(self._ctx)
+        stream: AsyncGenerator[Any, None] = (
+            self._resolved(params, page_after, paths)
+            if paths
+            else self._raw_pages(self._url(), params)
+        )
         try:
-            async for page in pages:
-                for user in decoder.each(page.items):
-                    yield user
-                    last_id = user.id
-                client._remember(decoder.take_expanded())
-        except EvEnergyError as exc:
-            exc.resume_cursor = last_id
-            raise
+            with resumable(position):
+                if paths:
+                    async for user in stream:
+                        yield user
+                        position.cursor = user.id
+                    return
+                async for page in stream:
+                    for user in decoder.each(page.items):
+                        yield user
+                        position.cursor = user.id
+                    self._ctx.remember(decoder.take_expanded())
         finally:
-            await pages.aclose()
+            await stream.aclose()
 
     async def _resolved(
         self, params: dict[str, Any], cursor: str | None, paths: tuple[str, ...]
@@ -112,10 +107,11 @@ class Users(Collection):
         """Users with `paths` resolved: a page's relations are fetched while the consumer takes
         the page before it, so at most two pages are held."""
         pending: tuple[list[User], asyncio.Task[None]] | None = None
+        ctx = self._ctx
         pages = self._pages(self._url(), User, params, cursor)
         try:
             async for page in pages:
-                task = asyncio.ensure_future(self._client._resolve_paths(page.items, paths))
+                task = ctx.spawn(ctx.resolve_paths(page.items, paths))
                 if pending is not None:
                     for user in await _once_resolved(pending):
                         yield user
@@ -148,7 +144,7 @@ class Users(Collection):
         response, a 502/503/504), the session backs off as for any retry, then the user is
         looked up by email before the request is sent again, so there are no duplicates.  If
         that look-up fails too, `OutcomeUnknown` is raised."""
-        body = v.user_body(email=email, default_location=default_location)
+        body = b.user_body(email=email, default_location=default_location)
         found: list[User] = []
         asked = False
 
@@ -187,7 +183,7 @@ class Users(Collection):
         (sent as every field null: the API has no null location)."""
         user_id = v.check_id(user_id, v.USER_ID, "user_id", me=True)
         expansions = v.check_expand(expand, v.USER_EXPANSIONS)
-        body = v.user_body(
+        body = b.user_body(
             email=email, default_location=default_location, none_clears_location=True
         )
         url = merge_params(self._url(user_id), {"expand": expansions})
@@ -212,15 +208,12 @@ class Users(Collection):
         if encoding == "json":
             kwargs = {"json": body}
         elif encoding == "form":
-            kwargs = {"form": v.form_fields(body)}
+            kwargs = {"form": b.form_fields(body)}
         else:
-            kwargs = {"multipart": v.form_fields(body)}
-        client = self._client
+            kwargs = {"multipart": b.form_fields(body)}
         if landed is None:
-            return await client._request(method, url, **kwargs)
-        return await client._session.write(
-            method, url, landed=landed, acting_user=client.acting_user, **kwargs
-        )
+            return await self._ctx.request(method, url, **kwargs)
+        return await self._ctx.write(method, url, landed=landed, **kwargs)
 
     async def _find_by_email(self, email: str) -> User | None:
         async for user in self.list(email=email, page_size=1):
