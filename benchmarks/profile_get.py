@@ -153,7 +153,7 @@ def steps(server: ServerInfo, user_id: str) -> None:
         ("Response(...) (attrs frozen)", lambda: Response(200, response_headers, body, url)),
         ("decode_json (orjson.loads)", lambda: _sansio.decode_json(body)),
         ("_convert.decode(data, User, client)", lambda: _convert.decode(data, User, client)),
-        ("client._remember([])", lambda: client._remember([])),
+        ("context.remember([])", lambda: client._ctx.remember([])),
     ]
     print("\n### Synchronous steps of one `users.get` (µs per call, best of 5)\n")
     print("| step | µs |")

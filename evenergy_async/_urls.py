@@ -32,7 +32,9 @@ def same_origin(
     except (TypeError, ValueError) as exc:  # yarl: a bad port, a broken IPv6 literal, ...
         refusal = f"not a valid URL ({exc})"
     if refusal is None:
-        return url.with_fragment(None)
+        # written out and read back: an explicit default port (":443") is dropped, so the
+        # session's own origin check sees the same origin as this one
+        return URL(str(url.with_fragment(None)))
     message = f"refusing {str(reference)[:200]!r}: {refusal}"
     if field is None:
         raise InvalidResponse(message)
@@ -44,6 +46,7 @@ def _refusal(url: URL, origin: URL) -> str | None:
         return "not an absolute http(s) URL"
     if url.raw_user is not None or url.raw_password is not None:
         return "a URL with userinfo"
-    if url.origin() != origin:
+    # the effective port: https://host and https://host:443 are one origin
+    if (url.scheme, url.host, url.port) != (origin.scheme, origin.host, origin.port):
         return f"not on the client's origin {str(origin)!r}"
     return None

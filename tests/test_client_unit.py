@@ -1182,3 +1182,9 @@ async def test_filters_a_server_drops_from_its_links_are_put_back(mocked, client
     ]
     assert ids == [uid(1), uid(2), uid(3)]
     assert calls(mocked, "GET", kept_next)
+
+
+async def test_resolve_accepts_the_origin_with_its_default_port_written_out(mocked, client):
+    mocked.get(f"{B}/tariffs/{TID}", payload=tariff_json())
+    tariff = await client.resolve(f"https://API.example.test:443/v2/tariffs/{TID}")
+    assert tariff.id == TID

@@ -177,6 +177,25 @@ async def test_a_cursor_that_does_not_advance_ends_the_stream():
         assert len(server.requests) == 2
 
 
+async def test_empty_pages_that_keep_linking_on_end_the_stream():
+    # every cursor is new, but no page has an item: a list() consumer would never get control
+    count = 0
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        nonlocal count
+        count += 1
+        base = str(request.url.origin()) + "/v2"
+        following = f"{base}/users?page_size=5&page_after={uid(count)}"
+        return page([], following if count < 100 else None)
+
+    async with serve(handle) as server, client_for(server) as client:
+        with pytest.raises(ev.InvalidResponse, match="empty pages") as info:
+            await drain(client.users.list(page_size=5))
+        assert info.value.resume_cursor is None
+        # it gives up after 16 empty pages in a row (and one fetched ahead), not at the end
+        assert 16 < len(server.requests) <= 18
+
+
 async def test_a_page_number_that_does_not_advance_ends_the_stream():
     count = 0
 

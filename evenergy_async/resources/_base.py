@@ -33,6 +33,9 @@ __all__ = ["MAX_PAGE_SIZE", "Collection", "Position", "Requester", "resumable"]
 _POSITION = frozenset({"page", "page_after", "page_before"})
 # The API's largest page (the spec's page_size maximum): what a page asked without one may hold.
 MAX_PAGE_SIZE = 100
+# Empty pages in a row that still link onward before a stream gives up: a cursor cannot move
+# past items that are not there, and `list()` hands nothing to its consumer meanwhile.
+MAX_EMPTY_PAGES = 16
 
 
 class Requester(Protocol):
@@ -143,7 +146,8 @@ class Collection:
         The next page's request is sent before the current page is handed over, so the network
         and the decoder work at the same time; at most one page is fetched ahead.  The stream
         ends with InvalidResponse when the server's links go round in a circle (a URL or a
-        cursor seen before) or a page holds more items than its page size.
+        cursor seen before), keep leading on from empty pages, or a page holds more items than
+        its page size.
         """
         ctx = self._ctx
         max_items = params.get("page_size", MAX_PAGE_SIZE)
@@ -152,6 +156,7 @@ class Collection:
         trail.follow(first)
         next_url: URL | None = first
         fetch: asyncio.Task[Response] | None = None
+        empty_run = 0
         try:
             while next_url is not None:
                 if fetch is None:
@@ -173,6 +178,9 @@ class Collection:
                     raise InvalidResponse(
                         f"a page of {len(items)} items, asked for at most {max_items}"
                     )
+                empty_run = 0 if items else empty_run + 1
+                if empty_run > MAX_EMPTY_PAGES and next_url is not None:
+                    raise InvalidResponse(f"{empty_run} empty pages in a row, still linking on")
                 next_cursor = next_url.query.get("page_after") if next_url is not None else None
                 previous = links.get("previous")
                 yield Page(items, str(next_url) if next_url else None, next_cursor, previous)

@@ -111,11 +111,11 @@ class Users(Collection):
         pages = self._pages(self._url(), User, params, cursor)
         try:
             async for page in pages:
-                task = ctx.spawn(ctx.resolve_paths(page.items, paths))
-                if pending is not None:
-                    for user in await _once_resolved(pending):
+                previous = pending
+                pending = (page.items, ctx.spawn(ctx.resolve_paths(page.items, paths)))
+                if previous is not None:
+                    for user in await _once_resolved(previous):
                         yield user
-                pending = (page.items, task)
             if pending is not None:
                 users, pending = await _once_resolved(pending), None
                 for user in users:
