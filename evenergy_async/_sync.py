@@ -452,7 +452,8 @@ def keep_listing(pages: int, unmatched: int, records: int, lookup: Lookup) -> bo
     so ``"auto"`` lists at most as many pages as there are records to match: when the
     listing is shorter it has cost fewer requests than the look-ups would, and when it is
     not, the records still unmatched are looked up one by one, so the look-up never costs
-    more than twice the cheaper choice (2 × records, the ski-rental bound).
+    more than twice the cheaper choice (the ski-rental bound), plus the one page the stream
+    has already asked for when it stops early: 2 × records + 1 at most.
     """
     if unmatched == 0:
         return False
@@ -482,7 +483,7 @@ class SyncPlan:
         if lookup == "each":
             bound = to_match
         elif lookup == "auto":
-            bound = 2 * to_match
+            bound = 2 * to_match + 1 if to_match else 0
         else:
             bound = None
         return cls(

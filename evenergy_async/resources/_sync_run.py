@@ -286,4 +286,8 @@ async def bounded(jobs: AsyncGenerator[Job, None], limit: int) -> AsyncGenerator
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        if getter is not None and not getter.cancelled() and getter.exception() is None:
+            job = getter.result()
+            if isinstance(job, Coroutine):
+                job.close()  # handed over as the run ended: never started, nothing sent
         await jobs.aclose()
