@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import attrs
 
+from . import _bodies as b
 from . import _validate as v
 from .errors import EvEnergyError, InvalidRequest
 from .models import UNSET, LatLong, Location, SyncAction, SyncOutcome, UnsetType, User
@@ -193,7 +194,7 @@ def _checked(location: object) -> tuple[Wire | UnsetType, ...]:
     """The Location's fields in comparable form, after the checks `update` makes of a
     Location (types, country code, coordinates' range), but the address rule: a record's
     location is merged into the server's, and the merged body is checked before it is sent."""
-    wire = v.location_body(location, address_rule=False)
+    wire = b.location_body(location, address_rule=False)
     return tuple(
         _comparable(name, wire[name]) if name in wire else UNSET for name in LOCATION_FIELDS
     )
@@ -259,7 +260,7 @@ def plan_update(record: Record, email: str | UnsetType, current: Mapping[str, Wi
                 sent[name] = current.get(name) if wished is UNSET else wished
     location: Location | UnsetType = _location(sent) if sent else UNSET
     # The same checks `update` makes, so a dry run fails what a real run would.
-    v.user_body(email=new_email, default_location=location)
+    b.user_body(email=new_email, default_location=location)
     return Update(tuple(changed), new_email, location)
 
 
@@ -268,7 +269,7 @@ def create_location(record: Record) -> tuple[tuple[str, ...], Location | UnsetTy
     checks it)."""
     given = record.given()
     location = _location(given) if given else UNSET
-    v.user_body(email=record.email or "", default_location=location)
+    b.user_body(email=record.email or "", default_location=location)
     return ("email", *(f"default_location.{name}" for name in given)), location
 
 

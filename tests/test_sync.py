@@ -330,7 +330,7 @@ def test_budget_wait() -> None:
 
 
 def test_which_errors_fail_a_record_and_which_end_the_run() -> None:
-    from evenergy_async._session import OutcomeUnknown
+    from evenergy_async.errors import OutcomeUnknown
 
     for exc in (
         ev.BadRequest(400),

@@ -24,7 +24,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .. import _sync
-from .._session import OutcomeUnknown
 from .._sync import Batch, Lookup, Record, SyncPlan
 from ..errors import (
     APIError,
@@ -33,6 +32,7 @@ from ..errors import (
     InvalidRequest,
     InvalidResponse,
     NotFound,
+    OutcomeUnknown,
     RateLimited,
     ServerError,
     Unauthorized,
