@@ -10,11 +10,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from datetime import date, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import attrs
 
 from .refs import Ref
+
+if TYPE_CHECKING:
+    from .errors import EvEnergyError
 
 __all__ = [
     "UNSET",
@@ -25,6 +28,8 @@ __all__ = [
     "Price",
     "RateLimit",
     "Supplier",
+    "SyncAction",
+    "SyncOutcome",
     "Tariff",
     "TariffType",
     "UnsetType",
@@ -194,3 +199,26 @@ class RateLimit:
     limit: int | None
     remaining: int | None
     retry_after: float | None = None
+
+
+SyncAction = Literal["created", "updated", "unchanged", "failed"]
+
+
+@attrs.frozen(kw_only=True)
+class SyncOutcome:
+    """What `client.users.sync` did with one record.
+
+    `action` is ``"created"``, ``"updated"``, ``"unchanged"`` or ``"failed"``; `email` is the
+    record's (None when it has none or could not be read); `user` the user as the server now
+    holds it (None when failed, and in a dry run); `changed` the field paths that differed,
+    e.g. ``("default_location.city",)``; `error` why it failed.  `id` is the user's id when
+    known, `index` the record's position in the input (from 0).
+    """
+
+    action: SyncAction
+    email: str | None
+    user: User | None = None
+    changed: tuple[str, ...] = ()
+    error: EvEnergyError | None = None
+    id: str | None = None
+    index: int = -1

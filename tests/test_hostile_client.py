@@ -487,3 +487,21 @@ async def test_close_cancels_relations_being_resolved_for_a_stream(sessions_made
             await stream.aclose()
             await client.close()
         assert len(sessions_made) == 1
+
+
+async def test_close_ends_a_call_in_flight_without_a_new_session(sessions_made):
+    handle, arrived, release = holding_server(f"/users/{uid(1)}")
+    async with serve(handle) as server:
+        # retries allowed: a call cut by the close must not be sent again on a new session
+        client = ev.Client(token=TOKEN, base_url=server.base, max_retries=3)
+        try:
+            call = asyncio.ensure_future(client.users.get(uid(1)))
+            await asyncio.wait_for(arrived.wait(), HANG)
+            await asyncio.wait_for(client.close(), HANG)
+            with pytest.raises(ev.ClientClosed):
+                await asyncio.wait_for(call, HANG)
+        finally:
+            release.set()
+            await client.close()
+        assert server.requests == [f"/v2/users/{uid(1)}"]
+        assert len(sessions_made) == 1
