@@ -18,24 +18,28 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._auth import ClientCredentials
     from ._ratelimit import LimiterStats, RateLimiter, RateLimiterProtocol
-    from ._redis import BudgetSnapshot, RateLimiterUnavailable, RedisRateLimiter
+    from ._redis import BudgetSnapshot, RedisRateLimiter
     from .client import DEFAULT_BASE_URL, Client
     from .errors import (
         APIError,
         BadRequest,
+        ClientClosed,
         Conflict,
         EvEnergyError,
         Forbidden,
         InvalidRequest,
         InvalidResponse,
         NotFound,
+        OutcomeUnknown,
         RateLimited,
+        RateLimiterUnavailable,
         ServerError,
         TransportError,
         Unauthorized,
     )
     from .models import (
         UNSET,
+        ClientStats,
         EVSESite,
         LatLong,
         Location,
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
         Price,
         RateLimit,
         Supplier,
+        SyncOutcome,
         Tariff,
         UnsetType,
         User,
@@ -57,7 +62,6 @@ _HOMES = {
     "RateLimiter": "._ratelimit",
     "RateLimiterProtocol": "._ratelimit",
     "RedisRateLimiter": "._redis",
-    "RateLimiterUnavailable": "._redis",
     "BudgetSnapshot": "._redis",
     "DEFAULT_BASE_URL": ".client",
     "Client": ".client",
@@ -65,13 +69,16 @@ _HOMES = {
         (
             "APIError",
             "BadRequest",
+            "ClientClosed",
             "Conflict",
             "EvEnergyError",
             "Forbidden",
             "InvalidRequest",
             "InvalidResponse",
             "NotFound",
+            "OutcomeUnknown",
             "RateLimited",
+            "RateLimiterUnavailable",
             "ServerError",
             "TransportError",
             "Unauthorized",
@@ -81,6 +88,7 @@ _HOMES = {
     **dict.fromkeys(
         (
             "UNSET",
+            "ClientStats",
             "EVSESite",
             "LatLong",
             "Location",
@@ -88,6 +96,7 @@ _HOMES = {
             "Price",
             "RateLimit",
             "Supplier",
+            "SyncOutcome",
             "Tariff",
             "UnsetType",
             "User",
@@ -104,7 +113,9 @@ __all__ = [
     "BadRequest",
     "BudgetSnapshot",
     "Client",
+    "ClientClosed",
     "ClientCredentials",
+    "ClientStats",
     "Conflict",
     "EVSESite",
     "EvEnergyError",
@@ -115,6 +126,7 @@ __all__ = [
     "LimiterStats",
     "Location",
     "NotFound",
+    "OutcomeUnknown",
     "Page",
     "Price",
     "RateLimit",
@@ -126,6 +138,7 @@ __all__ = [
     "Ref",
     "ServerError",
     "Supplier",
+    "SyncOutcome",
     "Tariff",
     "TransportError",
     "Unauthorized",

@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import _aioresponses_compat
 import pytest
-
-_aioresponses_compat.install()
 
 
 class SpecCheck:
