@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import attrs
-import orjson
+import msgspec
 
 from .errors import InvalidRequest, InvalidResponse, TransportError, Unauthorized
 
@@ -133,7 +133,7 @@ class CredentialsAuth:
 
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        payload = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
         return {}
     return payload if isinstance(payload, dict) else {}

@@ -26,7 +26,6 @@ from typing import Any
 
 import aiohttp
 import attrs
-import orjson
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -203,7 +202,7 @@ class Session:
             headers = _sansio.request_headers(token, acting_user, content_type=content_type)
             data: Any = None
             if json is not None:
-                data = orjson.dumps(json)
+                data = _sansio.encode_json(json)
             elif form is not None:
                 data = aiohttp.FormData(form)
             elif multipart is not None:

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import IO, Any, NoReturn
 
 import attrs
-import orjson
+import msgspec
 
 from . import _validate
 from ._convert import to_api
@@ -49,7 +49,7 @@ _ADDRESS_FIELDS = ("address_1", "address_2", "city", "state", "postal_code", "co
 
 
 def _dumps_line(data: Any) -> bytes:
-    return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+    return msgspec.json.encode(data) + b"\n"
 
 
 # --- errors and argument parsing -------------------------------------------------------------

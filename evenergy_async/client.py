@@ -234,12 +234,11 @@ class Client:
 
     async def _fetch_related(self, key: str, target: URL) -> Any:
         response = await self._request("GET", target)
-        data = _sansio.decode_json(response.body)
         model = _MODELS.get(_collection(target, self._base_url))
         if model is None:
-            value = data
+            value = _sansio.decode_json(response.body)
         else:
-            value, expanded = _convert.decode(data, model, self)
+            value, expanded = _convert.decode(response.body, model, self)
             self._remember(expanded)
         self._shared.cache.put(key, value, asyncio.get_running_loop().time())
         return value

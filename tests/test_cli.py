@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
+import msgspec
 import pytest
 
 import evenergy_async as ev
@@ -46,7 +46,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _lines(text: str) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in text.splitlines()]
+    return [msgspec.json.decode(line) for line in text.splitlines()]
 
 
 def _one_error_line(err: str) -> str:
@@ -90,7 +90,7 @@ def test_console_script_broken_pipe_exits_quietly() -> None:
         proc.stdout.close()  # as `| head -1` does
         err = proc.stderr.read()
         code = proc.wait(timeout=30)
-    assert orjson.loads(first)["id"].startswith("user")
+    assert msgspec.json.decode(first)["id"].startswith("user")
     assert code == 0
     assert err == b""
 
@@ -516,7 +516,7 @@ async def test_to_api_reproduces_the_servers_json(evenergy_fake: FakeEvEnergy) -
             ("/users", [("page_size", "25"), *(("expand", e) for e in expand)]),
         ):
             async with http.get(evenergy_fake.base_url + path, params=params) as response:
-                raw = orjson.loads(await response.read())
+                raw = msgspec.json.decode(await response.read())
             async with ev.Client(token=evenergy_fake.token, base_url=evenergy_fake.base_url) as c:
                 users = [
                     u
@@ -528,7 +528,7 @@ async def test_to_api_reproduces_the_servers_json(evenergy_fake: FakeEvEnergy) -
         async with http.get(
             evenergy_fake.base_url + "/users/me", params=[("expand", e) for e in expand]
         ) as response:
-            raw = orjson.loads(await response.read())
+            raw = msgspec.json.decode(await response.read())
     async with ev.Client(token=evenergy_fake.token, base_url=evenergy_fake.base_url) as c:
         assert to_api(await c.users.get("me", expand=expand)) == raw
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from yarl import URL
 
 from .. import _sansio
 from .._convert import decode, decode_list
 from .._session import Response, merge_params, query_pairs
-from ..errors import EvEnergyError, InvalidResponse
+from ..errors import EvEnergyError
 from ..models import Page
 
 if TYPE_CHECKING:
@@ -24,6 +24,15 @@ __all__ = ["Collection"]
 
 # Where a page is: the Link URL's own say, never carried over from the first request.
 _POSITION = frozenset({"page", "page_after", "page_before"})
+
+
+class RawPage(NamedTuple):
+    """A page as it came: the JSON body (an array), and where the neighbouring pages are."""
+
+    body: bytes
+    next_url: str | None
+    next_cursor: str | None
+    previous_url: str | None
 
 
 class Collection:
@@ -47,7 +56,7 @@ class Collection:
 
     def _decode(self, response: Response, cls: type[T]) -> T:
         client = self._client
-        value, expanded = decode(_sansio.decode_json(response.body), cls, client)
+        value, expanded = decode(response.body, cls, client)
         client._remember(expanded)
         return value
 
@@ -60,7 +69,7 @@ class Collection:
         try:
             async for raw in pages:
                 try:
-                    items, expanded = decode_list(raw.items, cls, client)
+                    items, expanded = decode_list(raw.body, cls, client)
                 except EvEnergyError as exc:
                     exc.resume_cursor = cursor
                     raise
@@ -72,8 +81,8 @@ class Collection:
 
     async def _raw_pages(
         self, url: URL, params: Mapping[str, Any], cursor: str | None = None
-    ) -> AsyncGenerator[Page[Any], None]:
-        """Every page from `url` on as JSON items, following ``Link: rel="next"`` (RFC 8288).
+    ) -> AsyncGenerator[RawPage, None]:
+        """Every page from `url` on, its body undecoded, following ``Link: rel="next"`` (RFC 8288).
 
         The next page's request is sent before the current page is handed over, so the network
         and the decoder work at the same time; at most one page is fetched ahead.  A failure
@@ -102,12 +111,10 @@ class Collection:
                     next_url = _keep_filters(next_url, params)
                     fetch = asyncio.ensure_future(client._request("GET", next_url))
                     await asyncio.sleep(0)  # let it be sent before decoding this page
-                items = _sansio.decode_json(response.body)
-                if type(items) is not list:
-                    raise InvalidResponse(f"expected a JSON array, got {type(items).__name__}")
                 next_cursor = next_url.query.get("page_after") if next_url is not None else None
                 previous = links.get("previous")
-                yield Page(items, str(next_url) if next_url else None, next_cursor, previous)
+                following_url = str(next_url) if next_url else None
+                yield RawPage(response.body, following_url, next_cursor, previous)
                 if next_cursor is not None:
                     cursor = next_cursor
         except EvEnergyError as exc:
