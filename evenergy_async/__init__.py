@@ -44,8 +44,10 @@ if TYPE_CHECKING:
         RateLimit,
         Supplier,
         Tariff,
+        TariffPath,
         UnsetType,
         User,
+        UserPath,
     )
     from .refs import Ref
 
@@ -89,8 +91,10 @@ _HOMES = {
             "RateLimit",
             "Supplier",
             "Tariff",
+            "TariffPath",
             "UnsetType",
             "User",
+            "UserPath",
         ),
         ".models",
     ),
@@ -127,10 +131,12 @@ __all__ = [
     "ServerError",
     "Supplier",
     "Tariff",
+    "TariffPath",
     "TransportError",
     "Unauthorized",
     "UnsetType",
     "User",
+    "UserPath",
 ]
 
 

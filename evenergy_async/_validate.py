@@ -9,12 +9,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, get_args
 
 from ._convert import to_wire
 from ._countries import COUNTRY_CODES
 from .errors import InvalidRequest
-from .models import UNSET, LatLong, Location, UnsetType
+from .models import UNSET, LatLong, Location, TariffPath, UnsetType, UserPath
 from .refs import Ref
 
 # The spec's id patterns: a 4-letter collection prefix and a 26-character ULID.
@@ -26,10 +26,8 @@ EVSE_SITE_ID = re.compile(rf"site{_ID_BODY}")
 CURSOR = re.compile(rf"[a-z]{{4}}{_ID_BODY}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 
-USER_EXPANSIONS = frozenset(
-    {"default_location.tariff", "default_location.tariff.supplier", "default_location.evse_site"}
-)
-TARIFF_EXPANSIONS = frozenset({"supplier", "scheduler_tariff", "prices"})
+USER_EXPANSIONS: frozenset[str] = frozenset(get_args(UserPath))
+TARIFF_EXPANSIONS: frozenset[str] = frozenset(get_args(TariffPath))
 
 # Location fields whose non-null value brings in the spec's address rule, and the fields the
 # rule then requires (the Location schema's dependentSchemas).

@@ -36,7 +36,7 @@ from . import _validate
 from ._convert import to_api
 from .client import DEFAULT_BASE_URL, Client
 from .errors import EvEnergyError, InvalidRequest
-from .models import UNSET, LatLong, Location, UnsetType, User
+from .models import UNSET, LatLong, Location, UnsetType, User, UserPath
 from .refs import Ref
 
 __all__ = ["main", "to_api"]
@@ -107,9 +107,10 @@ _wait = _real(0)
 _number = _real()
 
 
-def _paths(values: Sequence[str] | None) -> tuple[str, ...]:
-    """Repeated ``--expand a --expand b`` and ``--expand a,b`` alike."""
-    result: list[str] = []
+def _paths(values: Sequence[str] | None) -> tuple[UserPath, ...]:
+    """Repeated ``--expand a --expand b`` and ``--expand a,b`` alike (the client refuses an
+    unknown path with InvalidRequest)."""
+    result: list[Any] = []
     for value in values or ():
         result.extend(part.strip() for part in value.split(",") if part.strip())
     return tuple(result)

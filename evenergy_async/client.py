@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import aiohttp
 from yarl import URL
@@ -25,6 +25,8 @@ from .refs import Ref
 from .resources import EVSESites, Suppliers, Tariffs, Users
 
 __all__ = ["DEFAULT_BASE_URL", "Client"]
+
+T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.ev.energy/v2"
 
@@ -191,6 +193,10 @@ class Client:
 
     # --- related resources ---
 
+    @overload
+    async def resolve(self, ref: Ref[T]) -> T: ...
+    @overload
+    async def resolve(self, ref: str) -> Any: ...
     async def resolve(self, ref: Ref[Any] | str) -> Any:
         """The resource a Ref (or URL) names: cached, and fetched once however many ask.
 

@@ -33,9 +33,11 @@ __all__ = [
     "RateLimit",
     "Supplier",
     "Tariff",
+    "TariffPath",
     "TariffType",
     "UnsetType",
     "User",
+    "UserPath",
 ]
 
 T = TypeVar("T")
@@ -53,6 +55,13 @@ if TYPE_CHECKING:
 else:
     CountryCode = Literal[tuple(sorted(COUNTRY_CODES))]
 AwareDatetime: TypeAlias = Annotated[datetime, msgspec.Meta(tz=True)]
+
+# The relations `expand=` (server-side) and `resolve=` (client-side) may name, as types an
+# editor completes and a checker verifies.
+UserPath = Literal[
+    "default_location.tariff", "default_location.tariff.supplier", "default_location.evse_site"
+]
+TariffPath = Literal["supplier", "scheduler_tariff", "prices"]
 
 TariffType = Literal[
     "FLAT_RATE", "DUAL_RATE", "THREE_RATE", "DYNAMIC", "EXTERNALLY_MANAGED", "OTHER"

@@ -251,6 +251,15 @@ async def test_decoded_refs_resolve_through_the_resolver():
     assert resolver.asked == [f"{API}/tariffs/{TID}"]  # once
 
 
+async def test_await_ref_is_resolve():
+    resolver = FakeResolver()
+    user, _ = decode(user_json(), User, resolver)
+    value = await user.default_location.tariff
+    assert value == {"resolved": f"{API}/tariffs/{TID}"}
+    assert await user.default_location.tariff is value
+    assert resolver.asked == [f"{API}/tariffs/{TID}"]
+
+
 async def test_ref_without_resolver():
     user, _ = decode(user_json(), User, None)
     with pytest.raises(EvEnergyError):

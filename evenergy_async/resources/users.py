@@ -10,7 +10,7 @@ from .. import _validate as v
 from .._convert import Codec
 from .._session import OutcomeUnknown, Response, merge_params
 from ..errors import BadRequest, EvEnergyError, InvalidRequest
-from ..models import UNSET, Location, Page, UnsetType, User
+from ..models import UNSET, Location, Page, UnsetType, User, UserPath
 from ._base import Collection
 
 __all__ = ["Encoding", "Users"]
@@ -26,7 +26,7 @@ class Users(Collection):
         self,
         page_size: int,
         email: str | None,
-        expand: Iterable[str],
+        expand: UserPath | Iterable[UserPath],
         page_after: str | None,
         page_before: str | None,
     ) -> dict[str, Any]:
@@ -47,7 +47,7 @@ class Users(Collection):
         *,
         page_size: int = 100,
         email: str | None = None,
-        expand: Iterable[str] = (),
+        expand: UserPath | Iterable[UserPath] = (),
         page_after: str | None = None,
         page_before: str | None = None,
     ) -> AsyncGenerator[Page[User], None]:
@@ -61,10 +61,10 @@ class Users(Collection):
         *,
         page_size: int = 100,
         email: str | None = None,
-        expand: Iterable[str] = (),
+        expand: UserPath | Iterable[UserPath] = (),
         page_after: str | None = None,
         page_before: str | None = None,
-        resolve: Iterable[str] = (),
+        resolve: UserPath | Iterable[UserPath] = (),
     ) -> AsyncGenerator[User, None]:
         """Every user, page after page, following the API's ``Link`` header.
 
@@ -129,7 +129,7 @@ class Users(Collection):
                 pending[1].cancel()
             await pages.aclose()
 
-    async def get(self, user_id: str, *, expand: Iterable[str] = ()) -> User:
+    async def get(self, user_id: str, *, expand: UserPath | Iterable[UserPath] = ()) -> User:
         """One user (with LocationDetail); ``"me"`` is the authenticated or acting user."""
         user_id = v.check_id(user_id, v.USER_ID, "user_id", me=True)
         expansions = v.check_expand(expand, v.USER_EXPANSIONS)
@@ -174,7 +174,7 @@ class Users(Collection):
         *,
         email: str | UnsetType = UNSET,
         default_location: Location | UnsetType | None = UNSET,
-        expand: Iterable[str] = (),
+        expand: UserPath | Iterable[UserPath] = (),
         encoding: Encoding = "json",
     ) -> User:
         """Change only what is given: `UNSET` (the default) leaves a field alone, `None` inside
