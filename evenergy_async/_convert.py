@@ -54,22 +54,38 @@ class Codec:
     synchronous call, so streams of one client may share a codec.
     """
 
-    __slots__ = ("_decoders", "_expanded", "_resolver", "_shared")
+    __slots__ = ("_decoders", "_expanded", "_hook", "_resolver")
 
     def __init__(self, resolver: Resolver | None) -> None:
         self._resolver = resolver
-        self._shared: dict[str, Ref[Any]] = {}
         self._expanded: list[Ref[Any]] = []
         self._decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+        shared: dict[str, Ref[Any]] = {}
+        expanded = self._expanded_ref
+
+        # Called for every relation of every user (about twice per user): a closure over
+        # locals, as cheap as a Python call gets.  The models' only custom types are `Ref[X]`
+        # and `Prices`, so a string is always a URL.
+        def hook(tp: Any, obj: Any) -> Any:
+            if type(obj) is str:
+                ref = shared.get(obj)
+                if ref is None:
+                    if len(shared) >= _MAX_SHARED_REFS:
+                        shared.clear()
+                    ref = shared[obj] = Ref(obj, _MISSING, resolver)
+                return ref
+            return expanded(tp, obj)
+
+        self._hook = hook
 
     def decode(self, body: bytes, cls: type[T]) -> tuple[T, list[Ref[Any]]]:
         """One resource from a JSON body; also the relations that arrived expanded."""
-        value: T = self._decode(body, cls, cls.__name__)
+        value: T = self._decode(body, cls, cls, cls.__name__)
         return value, self.take_expanded()
 
     def decode_list(self, body: bytes, cls: type[T]) -> tuple[list[T], list[Ref[Any]]]:
         """A JSON array of `cls`; also the relations that arrived expanded."""
-        items: list[T] = self._decode(body, list[cls], f"{cls.__name__} list")  # type: ignore[valid-type]
+        items: list[T] = self._decode(body, (cls,), list[cls], f"{cls.__name__} list")  # type: ignore[valid-type]
         return items, self.take_expanded()
 
     def take_expanded(self) -> list[Ref[Any]]:
@@ -79,28 +95,18 @@ class Codec:
             self._expanded = []
         return expanded
 
-    def _decode(self, body: bytes, target: Any, what: str) -> Any:
-        decoder = self._decoders.get(target)
+    def _decode(self, body: bytes, key: Any, target: Any, what: str) -> Any:
+        decoder = self._decoders.get(key)
         if decoder is None:
-            decoder = self._decoders[target] = msgspec.json.Decoder(target, dec_hook=self._hook)
+            decoder = self._decoders[key] = msgspec.json.Decoder(target, dec_hook=self._hook)
         try:
             return decoder.decode(body)
         except _DECODE_ERRORS as exc:
             self._expanded = []
             raise InvalidResponse(f"cannot decode {what}: {_reason(exc)}") from None
 
-    def _hook(self, tp: Any, obj: Any) -> Any:
-        """A Ref from a URL, or from an object ``expand=`` inlined; expanded prices.
-
-        The models' only custom types are `Ref[X]` and `Prices`, so a string is always a URL.
-        """
-        if type(obj) is str:
-            ref = self._shared.get(obj)
-            if ref is None:
-                if len(self._shared) >= _MAX_SHARED_REFS:
-                    self._shared.clear()
-                ref = self._shared[obj] = Ref(obj, _MISSING, self._resolver)
-            return ref
+    def _expanded_ref(self, tp: Any, obj: Any) -> Any:
+        """A resolved Ref from an object ``expand=`` inlined; expanded prices."""
         if tp is Prices:
             if type(obj) is list:
                 return self._convert(obj, _PRICES)
@@ -111,7 +117,7 @@ class Codec:
         url = obj.get("url")
         if type(url) is not str:
             raise TypeError("Expected an expanded object with a `url`")
-        ref = Ref(url, self._convert(obj, target), self._resolver)
+        ref: Ref[Any] = Ref(url, self._convert(obj, target), self._resolver)
         self._expanded.append(ref)
         return ref
 
