@@ -125,13 +125,13 @@ def steps(server: ServerInfo, user_id: str) -> None:
     from evenergy_async import _convert, _sansio, _validate
     from evenergy_async._ratelimit import WindowState
     from evenergy_async._session import Response, merge_params
-    from evenergy_async.models import RateLimit, User
+    from evenergy_async.models import User
 
     response_headers, body, url = asyncio.run(_one_response(server, user_id))
     client = ev.Client(token=server.token, base_url=server.base_url)
     users = client.users
     session = client._session
-    rate = RateLimit.from_headers(response_headers, time.time())
+    rate = _sansio.rate_limit_from_headers(response_headers, time.time())
     state = WindowState(3600.0)
     state.on_response(state.try_acquire(0.0), 0.0, rate, 200)  # learn the budget
     for _ in range(63):  # 63 others in flight, as with 64 workers
@@ -150,11 +150,14 @@ def steps(server: ServerInfo, user_id: str) -> None:
         ("Session.check_origin", lambda: session.check_origin(user_url, "request to")),
         ("request_headers", lambda: _sansio.request_headers(server.token, None)),
         ("limiter state: try_acquire + on_response (64 in flight)", limiter_round),
-        ("RateLimit.from_headers", lambda: RateLimit.from_headers(response_headers, 0.0)),
+        ("rate_limit_from_headers", lambda: _sansio.rate_limit_from_headers(response_headers, 0.0)),
         ("Response(...) (attrs frozen)", lambda: Response(200, response_headers, body, url)),
         ("decode_json (msgspec, to dicts)", lambda: _sansio.decode_json(body)),
-        ("_convert.decode(body, User, client)", lambda: _convert.decode(body, User, client)),
-        ("client._remember([])", lambda: client._remember([])),
+        (
+            "_convert.decode(body, User, client._ctx)",
+            lambda: _convert.decode(body, User, client._ctx),
+        ),
+        ("context.remember([])", lambda: client._ctx.remember([])),
     ]
     print("\n### Synchronous steps of one `users.get` (µs per call, best of 5)\n")
     print("| step | µs |")

@@ -18,24 +18,28 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._auth import ClientCredentials
     from ._ratelimit import LimiterStats, RateLimiter, RateLimiterProtocol
-    from ._redis import BudgetSnapshot, RateLimiterUnavailable, RedisRateLimiter
+    from ._redis import BudgetSnapshot, RedisRateLimiter
     from .client import DEFAULT_BASE_URL, Client
     from .errors import (
         APIError,
         BadRequest,
+        ClientClosed,
         Conflict,
         EvEnergyError,
         Forbidden,
         InvalidRequest,
         InvalidResponse,
         NotFound,
+        OutcomeUnknown,
         RateLimited,
+        RateLimiterUnavailable,
         ServerError,
         TransportError,
         Unauthorized,
     )
     from .models import (
         UNSET,
+        ClientStats,
         EVSESite,
         LatLong,
         Location,
@@ -59,7 +63,6 @@ _HOMES = {
     "RateLimiter": "._ratelimit",
     "RateLimiterProtocol": "._ratelimit",
     "RedisRateLimiter": "._redis",
-    "RateLimiterUnavailable": "._redis",
     "BudgetSnapshot": "._redis",
     "DEFAULT_BASE_URL": ".client",
     "Client": ".client",
@@ -67,13 +70,16 @@ _HOMES = {
         (
             "APIError",
             "BadRequest",
+            "ClientClosed",
             "Conflict",
             "EvEnergyError",
             "Forbidden",
             "InvalidRequest",
             "InvalidResponse",
             "NotFound",
+            "OutcomeUnknown",
             "RateLimited",
+            "RateLimiterUnavailable",
             "ServerError",
             "TransportError",
             "Unauthorized",
@@ -83,6 +89,7 @@ _HOMES = {
     **dict.fromkeys(
         (
             "UNSET",
+            "ClientStats",
             "EVSESite",
             "LatLong",
             "Location",
@@ -108,7 +115,9 @@ __all__ = [
     "BadRequest",
     "BudgetSnapshot",
     "Client",
+    "ClientClosed",
     "ClientCredentials",
+    "ClientStats",
     "Conflict",
     "EVSESite",
     "EvEnergyError",
@@ -119,6 +128,7 @@ __all__ = [
     "LimiterStats",
     "Location",
     "NotFound",
+    "OutcomeUnknown",
     "Page",
     "Price",
     "RateLimit",

@@ -61,8 +61,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._ratelimit import LimiterStats
-from ._validate import check_seconds
-from .errors import InvalidRequest, RateLimited, TransportError
+from ._seconds import check_seconds
+from .errors import InvalidRequest, RateLimited, RateLimiterUnavailable
 from .models import RateLimit
 
 if TYPE_CHECKING:
@@ -79,10 +79,6 @@ Ticket = int
 DEFAULT_PREFIX = "evenergy:ratelimit"
 # How long past its planned wake-up a waiting process keeps its place in the queue.
 WAITER_GRACE = 1.0
-
-
-class RateLimiterUnavailable(TransportError):
-    """The shared rate limiter's Redis could not be reached (or refused the command)."""
 
 
 def fingerprint(secret: str) -> str:

@@ -17,6 +17,7 @@ import msgspec
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import APIError, InvalidResponse, RateLimited, status_error
+from .models import RateLimit
 
 API_VERSION = "2"
 USER_AGENT = "evenergy-async/0.1.0"
@@ -173,6 +174,21 @@ def retry_after(headers: Mapping[str, str], now: float) -> float | None:
     if value is None:
         value = headers.get("RetryAfter")
     return parse_retry_after(value, now)
+
+
+def rate_limit_from_headers(headers: Mapping[str, str], now: float) -> RateLimit | None:
+    """The rate-limit snapshot in a response's headers, or None if it carries none.
+
+    `now` is seconds since the epoch (for an HTTP-date Retry-After).
+    """
+    limit = parse_count(headers.get("X-RateLimit-Limit"))
+    remaining = parse_count(headers.get("X-RateLimit-Remaining"))
+    wait = retry_after(headers, now)
+    if limit is None and remaining is None and wait is None:
+        return None
+    if limit is not None and remaining is not None and remaining > limit:
+        remaining = limit
+    return RateLimit(limit, remaining, wait)
 
 
 # --- bodies ----------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from ._countries import COUNTRY_CODES
-from ._sansio import parse_count, retry_after
 from .refs import Ref
 
 __all__ = [
@@ -172,6 +171,30 @@ class EVSESite:
 
 
 @attrs.frozen
+class ClientStats:
+    """What a client (with its views) did since it was made: `client.stats`.
+
+    `requests` counts attempts sent; `responses` counts them by status class (``"2xx"``,
+    ``"4xx"``, ...) and `transport_errors` those that got no response.  `retries` counts
+    attempts after a call's first (429s and token refreshes included), `throttled` the 429s
+    seen.  `limiter_waits` and `limiter_wait_seconds` are the waits for rate-limit budget;
+    `cache_hits` and `cache_misses` are the resolve cache's; `bytes_read` counts response
+    bodies (decompressed).
+    """
+
+    requests: int
+    responses: dict[str, int]
+    transport_errors: int
+    retries: int
+    throttled: int
+    limiter_waits: int
+    limiter_wait_seconds: float
+    cache_hits: int
+    cache_misses: int
+    bytes_read: int
+
+
+@attrs.frozen
 class Page(Generic[T]):
     """One page of a list: its items and where the neighbouring pages are.
 
@@ -191,25 +214,9 @@ class RateLimit:
 
     `limit` is the budget per rolling window, `remaining` what is left of it, `retry_after`
     the seconds to wait (429 responses only).  Each is None when the header was absent or
-    unreadable.
+    unreadable.  Read from a response by `_sansio.rate_limit_from_headers`.
     """
 
     limit: int | None
     remaining: int | None
     retry_after: float | None = None
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str], now: float) -> RateLimit | None:
-        """The snapshot in a response's headers, or None if it carries no rate-limit header.
-
-        `headers` must look names up case-insensitively; `now` is seconds since the epoch
-        (for an HTTP-date Retry-After).
-        """
-        limit = parse_count(headers.get("X-RateLimit-Limit"))
-        remaining = parse_count(headers.get("X-RateLimit-Remaining"))
-        wait = retry_after(headers, now)
-        if limit is None and remaining is None and wait is None:
-            return None
-        if limit is not None and remaining is not None and remaining > limit:
-            remaining = limit
-        return cls(limit, remaining, wait)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import _aioresponses_compat
 import pytest
-
-_aioresponses_compat.install()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from evenergy_async import _bodies as b
 from evenergy_async import _convert
 from evenergy_async import _validate as v
 from evenergy_async._convert import to_wire
@@ -945,7 +946,7 @@ FULL = {"address_1": "1 High St", "city": "London", "postal_code": "EC1A 1BB", "
 
 
 def test_location_body_full_address():
-    assert v.location_body(Location(**FULL)) == FULL
+    assert b.location_body(Location(**FULL)) == FULL
 
 
 def test_location_body_full_address_with_extras():
@@ -957,7 +958,7 @@ def test_location_body_full_address_with_extras():
         tariff=Ref(f"{API}/tariffs/{TID}"),
         evse_site=None,
     )
-    assert v.location_body(loc) == {
+    assert b.location_body(loc) == {
         **FULL,
         "address_2": "Flat 2",
         "state": None,
@@ -968,21 +969,21 @@ def test_location_body_full_address_with_extras():
 
 
 def test_location_body_empty_and_relations_only():
-    assert v.location_body(Location()) == {}
+    assert b.location_body(Location()) == {}
     loc = Location(tariff=Ref(f"{API}/tariffs/{TID}"), evse_site=None)
-    assert v.location_body(loc) == {"tariff": f"{API}/tariffs/{TID}", "evse_site": None}
+    assert b.location_body(loc) == {"tariff": f"{API}/tariffs/{TID}", "evse_site": None}
 
 
 def test_location_body_explicit_nulls_clear_address():
     names = ["address_1", "address_2", "city", "state", "postal_code", "country_code"]
     names.append("coordinates")
-    body = v.location_body(Location(**dict.fromkeys(names)))
+    body = b.location_body(Location(**dict.fromkeys(names)))
     assert body == dict.fromkeys(names)
 
 
 def test_location_body_drops_read_only_carbon():
     loc = Location(**FULL, current_carbon_intensity_grams_per_kilowatt_hour=300)
-    assert "current_carbon_intensity_grams_per_kilowatt_hour" not in v.location_body(loc)
+    assert "current_carbon_intensity_grams_per_kilowatt_hour" not in b.location_body(loc)
 
 
 TRIGGERS = {
@@ -999,7 +1000,7 @@ TRIGGERS = {
 @pytest.mark.parametrize("trigger", TRIGGERS)
 def test_address_rule_every_trigger_alone(trigger):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(**{trigger: TRIGGERS[trigger]}))
+        b.location_body(Location(**{trigger: TRIGGERS[trigger]}))
     assert info.value.field == "default_location"
     message = str(info.value)
     assert "partial address" in message
@@ -1014,47 +1015,47 @@ def test_address_rule_trigger_with_explicit_null_required(trigger):
     fields: dict[str, Any] = dict.fromkeys(("address_1", "city", "postal_code", "country_code"))
     fields[trigger] = TRIGGERS[trigger]
     with pytest.raises(InvalidRequest):
-        v.location_body(Location(**fields))
+        b.location_body(Location(**fields))
 
 
 @pytest.mark.parametrize("missing", ["address_1", "city", "postal_code", "country_code"])
 def test_address_rule_one_required_missing(missing):
     fields = {k: val for k, val in FULL.items() if k != missing}
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(**fields))
+        b.location_body(Location(**fields))
     assert missing in str(info.value).split("missing", 1)[1]
     fields[missing] = None
     with pytest.raises(InvalidRequest):
-        v.location_body(Location(**fields))
+        b.location_body(Location(**fields))
 
 
 @pytest.mark.parametrize("location", [None])
 def test_null_default_location_refused(location):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(location)
+        b.location_body(location)
     assert info.value.field == "default_location"
     with pytest.raises(InvalidRequest) as info:
-        v.user_body(email=UNSET, default_location=location)
+        b.user_body(email=UNSET, default_location=location)
     assert info.value.field == "default_location"
 
 
 @pytest.mark.parametrize("location", [{"city": "London"}, "London", 5, User(id=UID, url="u")])
 def test_non_location_refused(location):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(location)
+        b.location_body(location)
     assert info.value.field == "default_location"
 
 
 @pytest.mark.parametrize("code", ["XX", "gb", "GBR", "", "UK", " GB"])
 def test_bad_country_code(code):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(**{**FULL, "country_code": code}))
+        b.location_body(Location(**{**FULL, "country_code": code}))
     assert info.value.field == "default_location.country_code"
 
 
 @pytest.mark.parametrize("code", ["GB", "US", "FR", "DE", "AX", "ZW"])
 def test_good_country_codes(code):
-    assert v.location_body(Location(**{**FULL, "country_code": code}))["country_code"] == code
+    assert b.location_body(Location(**{**FULL, "country_code": code}))["country_code"] == code
 
 
 @pytest.mark.parametrize(
@@ -1076,13 +1077,13 @@ def test_good_country_codes(code):
 )
 def test_bad_coordinates(coordinates, field):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(**FULL, coordinates=coordinates))
+        b.location_body(Location(**FULL, coordinates=coordinates))
     assert info.value.field == f"default_location.coordinates.{field}"
 
 
 @pytest.mark.parametrize("coordinates", [LatLong(90, 180), LatLong(-90, -180), LatLong(0, 0)])
 def test_edge_coordinates_ok(coordinates):
-    body = v.location_body(Location(**FULL, coordinates=coordinates))
+    body = b.location_body(Location(**FULL, coordinates=coordinates))
     assert body["coordinates"] == {
         "latitude": coordinates.latitude,
         "longitude": coordinates.longitude,
@@ -1092,7 +1093,7 @@ def test_edge_coordinates_ok(coordinates):
 @pytest.mark.parametrize("coordinates", [(51.5, 0.1), {"latitude": 1, "longitude": 2}, "51,0"])
 def test_coordinates_not_latlong(coordinates):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(**FULL, coordinates=coordinates))
+        b.location_body(Location(**FULL, coordinates=coordinates))
     assert info.value.field == "default_location.coordinates"
 
 
@@ -1100,7 +1101,7 @@ def test_coordinates_not_latlong(coordinates):
 @pytest.mark.parametrize("value", [5, b"x", ["x"], True])
 def test_text_fields_wrong_type(name, value):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(**{**FULL, name: value}))
+        b.location_body(Location(**{**FULL, name: value}))
     assert info.value.field == f"default_location.{name}"
 
 
@@ -1108,27 +1109,27 @@ def test_text_fields_wrong_type(name, value):
 @pytest.mark.parametrize("value", [f"{API}/tariffs/{TID}", 5, {"url": "x"}])
 def test_relation_fields_must_be_refs(name, value):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(**{name: value}))
+        b.location_body(Location(**{name: value}))
     assert info.value.field == f"default_location.{name}"
 
 
 def test_location_body_field_prefix():
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(city="x"), field="loc")
+        b.location_body(Location(city="x"), field="loc")
     assert info.value.field == "loc"
 
 
 def test_user_body():
-    assert v.user_body(email=UNSET, default_location=UNSET) == {}
-    assert v.user_body(email="a@example.com", default_location=UNSET) == {"email": "a@example.com"}
-    assert v.user_body(email=UNSET, default_location=Location(city=None)) == {
+    assert b.user_body(email=UNSET, default_location=UNSET) == {}
+    assert b.user_body(email="a@example.com", default_location=UNSET) == {"email": "a@example.com"}
+    assert b.user_body(email=UNSET, default_location=Location(city=None)) == {
         "default_location": {"city": None}
     }
     with pytest.raises(InvalidRequest) as info:
-        v.user_body(email="nope", default_location=Location(**FULL))
+        b.user_body(email="nope", default_location=Location(**FULL))
     assert info.value.field == "email"
     with pytest.raises(InvalidRequest) as info:
-        v.user_body(email=None, default_location=UNSET)
+        b.user_body(email=None, default_location=UNSET)
     assert info.value.field == "email"
 
 
@@ -1144,7 +1145,7 @@ def test_form_fields():
         "off": False,
         "n": 3,
     }
-    assert v.form_fields(body) == [
+    assert b.form_fields(body) == [
         ("email", "a@example.com"),
         ("default_location.address_1", "1 High St"),
         ("default_location.address_2", ""),
@@ -1157,6 +1158,6 @@ def test_form_fields():
 
 
 def test_form_fields_empty_and_prefix():
-    assert v.form_fields({}) == []
-    assert v.form_fields({"a": {}}) == []
-    assert v.form_fields({"a": 1}, "p.") == [("p.a", "1")]
+    assert b.form_fields({}) == []
+    assert b.form_fields({"a": {}}) == []
+    assert b.form_fields({"a": 1}, "p.") == [("p.a", "1")]

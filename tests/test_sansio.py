@@ -17,6 +17,7 @@ from evenergy_async._sansio import (
     parse_count,
     parse_link_header,
     parse_retry_after,
+    rate_limit_from_headers,
     request_headers,
     retry_after,
 )
@@ -331,41 +332,41 @@ def test_retry_after_http_date_header():
 
 def test_rate_limit_from_headers():
     headers = CIMultiDict({"x-ratelimit-limit": "1000", "X-RateLimit-Remaining": "998"})
-    assert RateLimit.from_headers(headers, NOW) == RateLimit(1000, 998, None)
+    assert rate_limit_from_headers(headers, NOW) == RateLimit(1000, 998, None)
 
 
 def test_rate_limit_from_headers_with_retry_after():
     headers = CIMultiDict(
         {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0", "RetryAfter": "30"}
     )
-    assert RateLimit.from_headers(headers, NOW) == RateLimit(10, 0, 30.0)
+    assert rate_limit_from_headers(headers, NOW) == RateLimit(10, 0, 30.0)
 
 
 def test_rate_limit_from_headers_none_without_headers():
-    assert RateLimit.from_headers(CIMultiDict({"Content-Type": "application/json"}), NOW) is None
+    assert rate_limit_from_headers(CIMultiDict({"Content-Type": "application/json"}), NOW) is None
 
 
 def test_rate_limit_from_headers_garbage_values():
     headers = CIMultiDict(
         {"X-RateLimit-Limit": "lots", "X-RateLimit-Remaining": "-3", "Retry-After": "later"}
     )
-    assert RateLimit.from_headers(headers, NOW) is None
+    assert rate_limit_from_headers(headers, NOW) is None
 
 
 def test_rate_limit_from_headers_partially_garbage():
     headers = CIMultiDict({"X-RateLimit-Limit": "lots", "X-RateLimit-Remaining": "7"})
-    assert RateLimit.from_headers(headers, NOW) == RateLimit(None, 7, None)
+    assert rate_limit_from_headers(headers, NOW) == RateLimit(None, 7, None)
     headers = CIMultiDict({"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "1.5"})
-    assert RateLimit.from_headers(headers, NOW) == RateLimit(100, None, None)
+    assert rate_limit_from_headers(headers, NOW) == RateLimit(100, None, None)
 
 
 def test_rate_limit_remaining_clamped_to_limit():
     headers = CIMultiDict({"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "25"})
-    assert RateLimit.from_headers(headers, NOW) == RateLimit(10, 10, None)
+    assert rate_limit_from_headers(headers, NOW) == RateLimit(10, 10, None)
 
 
 def test_rate_limit_only_retry_after():
-    assert RateLimit.from_headers(CIMultiDict({"Retry-After": "2"}), NOW) == RateLimit(
+    assert rate_limit_from_headers(CIMultiDict({"Retry-After": "2"}), NOW) == RateLimit(
         None, None, 2.0
     )
 

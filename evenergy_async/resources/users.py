@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, Literal
 
+from .. import _bodies as b
 from .. import _validate as v
-from .._convert import Codec
-from .._session import OutcomeUnknown, Response, merge_params
-from ..errors import BadRequest, EvEnergyError, InvalidRequest
+from .._session import Response, merge_params
+from ..errors import BadRequest, InvalidRequest
 from ..models import UNSET, Location, Page, UnsetType, User, UserPath
-from ._base import Collection
+from ._base import Collection, Position, resumable
 
 __all__ = ["Encoding", "Users"]
 
@@ -75,36 +75,27 @@ class Users(Collection):
         """
         params = self._list_params(page_size, email, expand, page_after, page_before)
         paths = v.check_expand(resolve, v.USER_EXPANSIONS, "resolve")
-        client = self._client
-        last_id = page_after
-        if paths:
-            resolved = self._resolved(params, page_after, paths)
-            try:
-                async for user in resolved:
-                    yield user
-                    last_id = user.id
-            except EvEnergyError as exc:
-                exc.resume_cursor = last_id
-                raise
-            finally:
-                await resolved.aclose()
-            return
-        # The hot path of every bulk sync, so one generator deep, and each page decoded in one
-        # call (in C) straight from its body.
-        decoder = Codec(client)  # one Ref per URL across the stream's pages
-        pages = self._raw_pages(self._url(), params, page_after)
+        position = Position(page_after)  # the id of the last user handed over
+        # The hot path of every bulk sync, so one generator deep, each page decoded in one call
+        # (in C) straight from its body.
+        stream: AsyncGenerator[Any, None] = (
+            self._resolved(params, page_after, paths)
+            if paths
+            else self._raw_pages(self._url(), params, self._page_decoder(User))
+        )
         try:
-            async for page in pages:
-                users, expanded = decoder.decode_list(page.body, User)
-                client._remember(expanded)
-                for user in users:
-                    yield user
-                    last_id = user.id
-        except EvEnergyError as exc:
-            exc.resume_cursor = last_id
-            raise
+            with resumable(position):
+                if paths:
+                    async for user in stream:
+                        yield user
+                        position.cursor = user.id
+                    return
+                async for page in stream:
+                    for user in page.items:
+                        yield user
+                        position.cursor = user.id
         finally:
-            await pages.aclose()
+            await stream.aclose()
 
     async def _resolved(
         self, params: dict[str, Any], cursor: str | None, paths: tuple[str, ...]
@@ -112,14 +103,15 @@ class Users(Collection):
         """Users with `paths` resolved: a page's relations are fetched while the consumer takes
         the page before it, so at most two pages are held."""
         pending: tuple[list[User], asyncio.Task[None]] | None = None
+        ctx = self._ctx
         pages = self._pages(self._url(), User, params, cursor)
         try:
             async for page in pages:
-                task = asyncio.ensure_future(self._client._resolve_paths(page.items, paths))
-                if pending is not None:
-                    for user in await _once_resolved(pending):
+                previous = pending
+                pending = (page.items, ctx.spawn(ctx.resolve_paths(page.items, paths)))
+                if previous is not None:
+                    for user in await _once_resolved(previous):
                         yield user
-                pending = (page.items, task)
             if pending is not None:
                 users, pending = await _once_resolved(pending), None
                 for user in users:
@@ -144,29 +136,34 @@ class Users(Collection):
     ) -> User:
         """Create a user; ``default_location=None`` is refused (the API has no null location).
 
-        The API has no idempotency key: when the response is lost, the user is looked up by
-        email before the request is sent again, so there are no duplicates."""
-        body = v.user_body(email=email, default_location=default_location)
-        url = self._url()
-        attempts = 0
-        while True:
-            try:
-                response = await self._send_body("POST", url, body, encoding, repeatable=False)
-                return self._decode(response, User)
-            except OutcomeUnknown:
-                attempts += 1
+        The API has no idempotency key: when the outcome of the request is unknown (a lost
+        response, a 502/503/504), the session backs off as for any retry, then the user is
+        looked up by email before the request is sent again, so there are no duplicates.  If
+        that look-up fails too, `OutcomeUnknown` is raised."""
+        body = b.user_body(email=email, default_location=default_location)
+        found: list[User] = []
+        asked = False
+
+        async def landed() -> bool:
+            nonlocal asked
+            asked = True
+            existing = await self._find_by_email(email)
+            if existing is not None:
+                found.append(existing)
+            return existing is not None
+
+        try:
+            response = await self._send_body("POST", self._url(), body, encoding, landed=landed)
+        except BadRequest as exc:
+            # A create that landed but whose answer was lost reads "email taken" when resent.
+            if "email" in exc.field_errors and asked:
                 existing = await self._find_by_email(email)
                 if existing is not None:
                     return existing
-                if attempts > self._client._session.max_retries:
-                    raise
-            except BadRequest as exc:
-                # A create that landed but whose answer was lost now reads "email taken".
-                if attempts and "email" in exc.field_errors:
-                    existing = await self._find_by_email(email)
-                    if existing is not None:
-                        return existing
-                raise
+            raise
+        if response is None:
+            return found[0]
+        return self._decode(response, User)
 
     async def update(
         self,
@@ -182,26 +179,37 @@ class Users(Collection):
         (sent as every field null: the API has no null location)."""
         user_id = v.check_id(user_id, v.USER_ID, "user_id", me=True)
         expansions = v.check_expand(expand, v.USER_EXPANSIONS)
-        body = v.user_body(
+        body = b.user_body(
             email=email, default_location=default_location, none_clears_location=True
         )
         url = merge_params(self._url(user_id), {"expand": expansions})
         # PATCH sets fields, so sending it twice is harmless: retried like a GET.
-        response = await self._send_body("PATCH", url, body, encoding, repeatable=True)
+        response = await self._send_body("PATCH", url, body, encoding)
+        assert response is not None  # only a write with a look-up ends in None
         return self._decode(response, User)
 
     async def _send_body(
-        self, method: str, url: Any, body: dict[str, Any], encoding: str, *, repeatable: bool
-    ) -> Response:
+        self,
+        method: str,
+        url: Any,
+        body: dict[str, Any],
+        encoding: str,
+        *,
+        landed: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Response | None:
+        """Send `body`; a write with `landed` (not safe to repeat) may end in None: found."""
         if encoding not in _ENCODINGS:
             raise InvalidRequest("encoding", f"expected one of {', '.join(_ENCODINGS)}")
-        request = self._client._request
+        kwargs: dict[str, Any]
         if encoding == "json":
-            return await request(method, url, json=body, repeatable=repeatable)
-        fields = v.form_fields(body)
-        if encoding == "form":
-            return await request(method, url, form=fields, repeatable=repeatable)
-        return await request(method, url, multipart=fields, repeatable=repeatable)
+            kwargs = {"json": body}
+        elif encoding == "form":
+            kwargs = {"form": b.form_fields(body)}
+        else:
+            kwargs = {"multipart": b.form_fields(body)}
+        if landed is None:
+            return await self._ctx.request(method, url, **kwargs)
+        return await self._ctx.write(method, url, landed=landed, **kwargs)
 
     async def _find_by_email(self, email: str) -> User | None:
         async for user in self.list(email=email, page_size=1):
