@@ -24,11 +24,14 @@ _ADDRESS_TRIGGERS = ("address_1", "address_2", "city", "state", "postal_code", "
 _ADDRESS_REQUIRED = ("address_1", "city", "postal_code", "country_code")
 
 
-def location_body(location: object, field: str = "default_location") -> dict[str, Any]:
+def location_body(
+    location: object, field: str = "default_location", *, address_rule: bool = True
+) -> dict[str, Any]:
     """The wire form of a Location as sent: unset fields left out, nulls kept.
 
-    Checks the spec's address rule on the object as sent, the country code against the
-    spec's list, coordinates' ranges, and the types of every field.
+    Checks the spec's address rule on the object as sent (unless `address_rule` is False:
+    a sync record's location is a wish merged into the server's, checked once merged), the
+    country code against the spec's list, coordinates' ranges, and the types of every field.
     """
     if location is None:
         raise InvalidRequest(field, "cannot be null (the API does not allow it); clear its fields")
@@ -48,7 +51,8 @@ def location_body(location: object, field: str = "default_location") -> dict[str
         _check_relation(getattr(location, name), f"{field}.{name}")
     wire: dict[str, Any] = to_wire(location)
     wire.pop("current_carbon_intensity_grams_per_kilowatt_hour", None)  # read-only
-    _check_address_rule(wire, field)
+    if address_rule:
+        _check_address_rule(wire, field)
     return wire
 
 

@@ -19,6 +19,9 @@ from msgspec import UNSET, UnsetType
 from ._countries import COUNTRY_CODES
 from .refs import Ref
 
+if TYPE_CHECKING:
+    from .errors import EvEnergyError
+
 __all__ = [
     "UNSET",
     "AwareDatetime",
@@ -31,6 +34,8 @@ __all__ = [
     "Prices",
     "RateLimit",
     "Supplier",
+    "SyncAction",
+    "SyncOutcome",
     "Tariff",
     "TariffPath",
     "TariffType",
@@ -220,3 +225,26 @@ class RateLimit:
     limit: int | None
     remaining: int | None
     retry_after: float | None = None
+
+
+SyncAction = Literal["created", "updated", "unchanged", "failed"]
+
+
+@attrs.frozen(kw_only=True)
+class SyncOutcome:
+    """What `client.users.sync` did with one record.
+
+    `action` is ``"created"``, ``"updated"``, ``"unchanged"`` or ``"failed"``; `email` is the
+    record's (None when it has none or could not be read); `user` the user as the server now
+    holds it (None when failed, and in a dry run); `changed` the field paths that differed,
+    e.g. ``("default_location.city",)``; `error` why it failed.  `id` is the user's id when
+    known, `index` the record's position in the input (from 0).
+    """
+
+    action: SyncAction
+    email: str | None
+    user: User | None = None
+    changed: tuple[str, ...] = ()
+    error: EvEnergyError | None = None
+    id: str | None = None
+    index: int = -1

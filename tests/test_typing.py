@@ -26,10 +26,14 @@ CACHE = ROOT / ".mypy_cache" / "snippets"  # warm after the first run (.mypy_cac
 # Fragments of the README (without imports, or awaiting at top level) run inside a function
 # given these.
 PREAMBLE = """\
+from typing import Any
+
 import evenergy_async as ev
 
 
-async def snippet(client: ev.Client, user: ev.User, token: str) -> None:
+async def snippet(
+    client: ev.Client, user: ev.User, token: str, records: list[dict[str, Any]]
+) -> None:
 """
 
 PUBLIC_TYPES = """\

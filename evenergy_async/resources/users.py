@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from .. import _bodies as b
+from .. import _sync
 from .. import _validate as v
 from .._session import Response, merge_params
 from ..errors import BadRequest, InvalidRequest
-from ..models import UNSET, Location, Page, UnsetType, User, UserPath
+from ..models import UNSET, Location, Page, SyncOutcome, UnsetType, User, UserPath
 from ._base import Collection, Position, resumable
 
 __all__ = ["Encoding", "Users"]
@@ -188,6 +189,61 @@ class Users(Collection):
         assert response is not None  # only a write with a look-up ends in None
         return self._decode(response, User)
 
+    async def sync(
+        self,
+        records: Iterable[Mapping[str, Any] | User] | AsyncIterable[Mapping[str, Any] | User],
+        *,
+        dry_run: bool = False,
+        concurrency: int = 8,
+        shard: tuple[int, int] | None = None,
+        lookup: _sync.Lookup = "auto",
+        on_plan: Callable[[_sync.SyncPlan], object] | None = None,
+    ) -> AsyncGenerator[SyncOutcome, None]:
+        """Make the server's users match `records`; one `ev.SyncOutcome` per record.
+
+        A record is a user in the API's JSON shape (what ``evenergy users export`` writes) or
+        an `ev.User`; it is matched by ``id`` when it has one, else by email (any case).  Each
+        is checked as `create`/`update` check their input before anything is sent; an invalid
+        record, or a second record for the same user, fails and the others go on.  Only what
+        differs is written: a PATCH carries the changed fields (and the address fields the
+        API's address rule needs beside them).  Running the same records again writes nothing;
+        a run cut off anywhere and run again ends in the same state (see README "Bulk sync").
+
+        `dry_run` sends no write and yields what a real run would.  `concurrency` bounds the
+        records in flight.  `shard=(k, n)` takes only the records whose key hashes to `k`
+        of `n` (`_sync.shard_of`), so `n` processes split one input.  `lookup` is ``"auto"``
+        (list users while that is cheaper than looking each record up, `_sync.keep_listing`),
+        ``"list"`` or ``"each"``.  `on_plan` is called once with the `SyncPlan`, after the
+        first look-up answered and before the first write.  The input is read whole first
+        (a record that failed to read is reported then); memory holds one small record per
+        input record, and none of the server's users beyond a page.
+        """
+        from ._sync_run import SyncRun
+
+        v.check_bool(dry_run, "dry_run")
+        concurrency = _sync.check_concurrency(concurrency)
+        checked_shard = _sync.check_shard(shard)
+        lookup = _sync.check_lookup(lookup)
+        if on_plan is not None and not callable(on_plan):
+            raise InvalidRequest("on_plan", f"expected a callable, got {on_plan!r}")
+        batch = _sync.Batch(checked_shard)
+        read = refused = 0
+        async for raw in _each_record(records):
+            result = batch.add(raw, read)
+            read += 1
+            if result is not None:
+                refused += 1
+                yield result
+            if read % 1000 == 0:
+                await asyncio.sleep(0)  # a long input read from a plain iterable shares the loop
+        plan = _sync.SyncPlan.build(read, refused, len(batch), lookup, dry_run)
+        outcomes = SyncRun(self, batch, plan, concurrency=concurrency, on_plan=on_plan).outcomes()
+        try:
+            async for outcome in outcomes:
+                yield outcome
+        finally:
+            await outcomes.aclose()
+
     async def _send_body(
         self,
         method: str,
@@ -216,6 +272,19 @@ class Users(Collection):
             if isinstance(user.email, str) and user.email.lower() == email.lower():
                 return user
         return None
+
+
+async def _each_record(records: object) -> AsyncGenerator[object, None]:
+    if isinstance(records, AsyncIterable):
+        async for raw in records:
+            yield raw
+    elif isinstance(records, Iterable) and not isinstance(records, str | bytes | Mapping):
+        for raw in records:
+            yield raw
+    else:
+        raise InvalidRequest(
+            "records", f"expected an iterable of records, got {type(records).__name__}"
+        )
 
 
 async def _once_resolved(pending: tuple[list[User], asyncio.Task[None]]) -> list[User]:
