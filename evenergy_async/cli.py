@@ -804,7 +804,10 @@ async def _run_sync(
 def _summary(counts: Counter[str], client: Client, dry_run: bool, interrupted: bool) -> str:
     done = sum(counts.values())
     text = f"{_plural(done, 'record')}: " + ", ".join(f"{counts[a]:,} {a}" for a in _ACTIONS)
-    text += f"; {_plural(client.limiter.stats.granted, 'request')}"
+    stats = client.stats
+    text += f"; {_plural(stats.requests, 'request')}"
+    if stats.retries:
+        text += f" ({stats.retries:,} {'retry' if stats.retries == 1 else 'retries'})"
     rate = client.rate_limit
     if rate is not None and rate.remaining is not None:
         left = f"{rate.remaining:,}" + (f"/{rate.limit:,}" if rate.limit is not None else "")

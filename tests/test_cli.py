@@ -886,3 +886,24 @@ def test_export_terminated_tells_where_to_resume_and_resumes(tmp_path: Path) -> 
     assert main(["users", "export", "--fake", "--fake-users", "300", *resume]) == 0
     ids = [u["id"] for u in _lines(target.read_text())]
     assert len(ids) == 300 and len(set(ids)) == 300
+
+
+def test_retries_against_an_unreachable_host_are_told_while_they_happen(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the with ends: nothing listens there
+    options = {"base_url": f"http://127.0.0.1:{port}/v2", "token": "t", "max_retries": 2}
+    monkeypatch.setattr(cli, "_client_options", lambda env: options)
+    assert main(["users", "get", "me"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert [line.startswith("evenergy: warning: GET /v2/users/me: retry") for line in err] == [
+        True,
+        True,
+        False,
+    ]
+    assert "retry 1 of 2" in err[0] and "retry 2 of 2" in err[1]
+    assert err[2].startswith("evenergy: error: ")
