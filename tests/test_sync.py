@@ -885,3 +885,22 @@ def test_sync_outcome_is_a_frozen_public_model() -> None:
         outcome.action = "failed"  # type: ignore[misc]
     assert outcome.user is None and outcome.changed == () and outcome.error is None
     assert "SyncOutcome" in ev.__all__
+
+
+async def test_closing_the_generator_mid_run_leaves_nothing_in_flight(
+    world: tuple[FakeEvEnergy, ev.Client, Recorder],
+) -> None:
+    fake, client, _ = world
+    records = _scenario(await _export(client), identical=10, changed=40, new=10)
+    fake.faults.latency = 0.01  # writes are in flight when the first outcomes arrive
+    outcomes = client.users.sync(records, concurrency=6)
+    taken = [await outcomes.__anext__() for _ in range(12)]
+    await outcomes.aclose()
+    limiter = client.limiter
+    assert isinstance(limiter, ev.RateLimiter)
+    assert limiter.state.in_flight() == 0  # every token given back or accounted for
+    assert len(taken) == 12
+    fake.faults.latency = 0
+    rest = await _sync_all(client, records)  # the client is whole: the run completes
+    assert not [o for o in rest if o.action == "failed"]
+    assert {o.action for o in await _sync_all(client, records)} == {"unchanged"}
