@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .. import _sync
 from .._sync import Batch, Lookup, Record, SyncPlan
@@ -37,14 +37,34 @@ from ..errors import (
     ServerError,
     Unauthorized,
 )
-from ..models import SyncOutcome, User
-
-if TYPE_CHECKING:
-    from .users import Users
+from ..models import Location, Page, SyncOutcome, UnsetType, User
 
 __all__ = ["SyncRun", "bounded"]
 
 Job = SyncOutcome | Coroutine[Any, Any, SyncOutcome]
+
+
+class Users(Protocol):
+    """The methods of `client.users` a run calls (a protocol, so this module does not import
+    the collection that imports it)."""
+
+    def pages(self, *, page_size: int = ...) -> AsyncGenerator[Page[User], None]: ...
+
+    def list(
+        self, *, page_size: int = ..., email: str | None = ...
+    ) -> AsyncGenerator[User, None]: ...
+
+    async def get(self, user_id: str) -> User: ...
+
+    async def create(self, *, email: str, default_location: Location | UnsetType = ...) -> User: ...
+
+    async def update(
+        self,
+        user_id: str,
+        *,
+        email: str | UnsetType = ...,
+        default_location: Location | UnsetType | None = ...,
+    ) -> User: ...
 
 
 def fails_record(exc: EvEnergyError) -> bool:
