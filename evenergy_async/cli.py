@@ -652,6 +652,7 @@ class _RecordReader:
         self._counts = counts
         self._shard = shard
         self._lines: list[int] = []
+        self.unreadable = 0  # lines of this shard that were not JSON
 
     def records(self) -> Iterator[Any]:
         for number, raw in enumerate(self._stream, 1):
@@ -663,6 +664,7 @@ class _RecordReader:
                 index = len(self._lines)
                 if self._shard is None or index % self._shard[1] == self._shard[0]:
                     error = InvalidRequest("record", f"not JSON: {exc}")
+                    self.unreadable += 1
                     self._counts["failed"] += 1
                     self._out.write(
                         _dumps_line(_outcome_line(_sync.failed(-1, None, error), number))
@@ -713,12 +715,13 @@ class _SyncProgress(_Progress):
 _ACTIONS = ("created", "updated", "unchanged", "failed")
 
 
-def _plan_text(plan: _sync.SyncPlan, client: Client) -> str:
+def _plan_text(plan: _sync.SyncPlan, client: Client, unreadable: int = 0) -> str:
     """The plan as told before the first write: what the look-up costs, and how long that
-    takes at the rate limit the server reported."""
+    takes at the rate limit the server reported.  `unreadable`: lines that were not JSON."""
     text = f"plan: {_plural(plan.to_match, 'record')} to match"
-    if plan.refused:
-        text += f" ({plan.refused:,} refused)"
+    refused = plan.refused + unreadable
+    if refused:
+        text += f" ({refused:,} refused)"
     if plan.lookup == "each":
         text += f"; look-up: one request per record, {plan.to_match:,} requests"
     elif plan.lookup == "list":
@@ -766,7 +769,7 @@ async def _run_sync(
     counts: Counter[str],
 ) -> None:
     def on_plan(plan: _sync.SyncPlan) -> None:
-        _tell(_plan_text(plan, client), progress)
+        _tell(_plan_text(plan, client, reader.unreadable), progress)
 
     progress: _SyncProgress | None = None
     if _isatty(sys.stderr):
@@ -805,7 +808,10 @@ async def _run_sync(
 def _summary(counts: Counter[str], client: Client, dry_run: bool, interrupted: bool) -> str:
     done = sum(counts.values())
     text = f"{_plural(done, 'record')}: " + ", ".join(f"{counts[a]:,} {a}" for a in _ACTIONS)
-    text += f"; {_plural(client.limiter.stats.granted, 'request')}"
+    stats = client.stats
+    text += f"; {_plural(stats.requests, 'request')}"
+    if stats.retries:
+        text += f" ({stats.retries:,} {'retry' if stats.retries == 1 else 'retries'})"
     rate = client.rate_limit
     if rate is not None and rate.remaining is not None:
         left = f"{rate.remaining:,}" + (f"/{rate.limit:,}" if rate.limit is not None else "")

@@ -692,7 +692,7 @@ async def test_sync_a_file_then_again(
     assert by_line[14]["action"] == "failed" and "email" in by_line[14]["error"]
     assert set(lines[0]) == {"line", "email", "action", "id", "changed", "error"}
     plan, summary = err.splitlines()
-    assert plan.startswith("evenergy: plan: 11 records to match (1 refused); look-up:")
+    assert plan.startswith("evenergy: plan: 11 records to match (2 refused); look-up:")
     assert "rate limit" in plan and "fits in the budget left" in plan
     assert summary == (
         f"evenergy: 13 records: 2 created, 4 updated, 5 unchanged, 2 failed; "
@@ -886,3 +886,52 @@ def test_export_terminated_tells_where_to_resume_and_resumes(tmp_path: Path) -> 
     assert main(["users", "export", "--fake", "--fake-users", "300", *resume]) == 0
     ids = [u["id"] for u in _lines(target.read_text())]
     assert len(ids) == 300 and len(set(ids)) == 300
+
+
+def test_retries_against_an_unreachable_host_are_told_while_they_happen(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the with ends: nothing listens there
+    options = {"base_url": f"http://127.0.0.1:{port}/v2", "token": "t", "max_retries": 2}
+    monkeypatch.setattr(cli, "_client_options", lambda env: options)
+    assert main(["users", "get", "me"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert [line.startswith("evenergy: warning: GET /v2/users/me: retry") for line in err] == [
+        True,
+        True,
+        False,
+    ]
+    assert "retry 1 of 2" in err[0] and "retry 2 of 2" in err[1]
+    assert err[2].startswith("evenergy: error: ")
+
+
+def test_sync_interrupted_stops_cleanly_and_says_so(tmp_path: Path) -> None:
+    target = tmp_path / "users.jsonl"
+    _write_jsonl(target, [{"email": f"person{i}@example.com"} for i in range(20)])
+    env = _env()
+    env["PYTHONPATH"] = PACKAGE_ROOT
+    # A budget of 3 an hour: the listing's page and two creates, then a wait for good.
+    fake = ["--fake", "--fake-users", "5", "--fake-rate-limit", "3"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "evenergy_async", "users", "sync", str(target), *fake],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        plan = proc.stderr.readline().decode()
+        assert plan.startswith("evenergy: plan: 20 records to match")
+        created = [orjson.loads(proc.stdout.readline()) for _ in range(2)]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert [line["action"] for line in created] == ["created", "created"]
+    assert out == b""  # nothing more was done
+    summary, hint = [line for line in err.decode().splitlines() if line]
+    assert summary.startswith("evenergy: 2 records: 2 created, 0 updated, 0 unchanged, 0 failed")
+    assert summary.endswith("(interrupted)")
+    assert hint == "evenergy: interrupted; running the same sync again finishes it"

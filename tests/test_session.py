@@ -440,3 +440,20 @@ async def test_token_endpoint_failure_keeps_no_secret_in_its_chain():
             await c.users.get(UID)
     basic = base64.b64encode(b"my-client:TOP-SECRET-42").decode()
     assert secret_free(info.value, "TOP-SECRET-42", basic)
+
+
+async def test_a_long_wait_for_budget_is_a_warning(caplog):
+    clock = Clock()
+
+    class SlowLimiter(RecordingLimiter):
+        async def acquire(self, max_wait: float | None = None) -> int:
+            clock.now += 6.0  # six seconds of waiting for budget, on the test's clock
+            return await super().acquire(max_wait)
+
+    transport = MockTransport()
+    transport.get(USER_URL, payload=user_json(), repeat=True)
+    async with make(transport, clock, limiter=SlowLimiter()) as c:
+        with caplog.at_level(logging.DEBUG, logger="evenergy_async"):
+            await c.users.get(UID)
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "waited 6.0 s for budget" in warning.getMessage()

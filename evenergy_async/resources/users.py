@@ -54,8 +54,12 @@ class Users(Collection):
     ) -> AsyncGenerator[Page[User], None]:
         """Every page of users from the cursor on; `Page.next_cursor` resumes a later stream."""
         params = self._list_params(page_size, email, expand, page_after, page_before)
-        async for page in self._pages(self._url(), User, params, page_after):
-            yield page
+        pages = self._pages(self._url(), User, params, page_after)
+        try:
+            async for page in pages:
+                yield page
+        finally:
+            await pages.aclose()  # now: the page fetched ahead is cancelled with the stream
 
     async def list(
         self,
