@@ -925,7 +925,7 @@ def test_sync_interrupted_stops_cleanly_and_says_so(tmp_path: Path) -> None:
         assert proc.stdout is not None and proc.stderr is not None
         plan = proc.stderr.readline().decode()
         assert plan.startswith("evenergy: plan: 20 records to match")
-        created = [orjson.loads(proc.stdout.readline()) for _ in range(2)]
+        created = [msgspec.json.decode(proc.stdout.readline()) for _ in range(2)]
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
