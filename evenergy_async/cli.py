@@ -36,14 +36,14 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, NoReturn
 
 import attrs
-import orjson
+import msgspec
 
 from . import _sync, _validate
 from ._convert import to_api
 from ._ratelimit import RateLimiterProtocol
 from .client import DEFAULT_BASE_URL, Client
 from .errors import EvEnergyError, InvalidRequest
-from .models import UNSET, LatLong, Location, SyncOutcome, UnsetType, User
+from .models import UNSET, LatLong, Location, SyncOutcome, UnsetType, User, UserPath
 from .refs import Ref
 
 __all__ = ["main", "to_api"]
@@ -56,7 +56,7 @@ _ADDRESS_FIELDS = ("address_1", "address_2", "city", "state", "postal_code", "co
 
 
 def _dumps_line(data: Any) -> bytes:
-    return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+    return msgspec.json.encode(data) + b"\n"
 
 
 # --- errors and argument parsing -------------------------------------------------------------
@@ -126,9 +126,10 @@ _wait = _real(0)
 _number = _real()
 
 
-def _paths(values: Sequence[str] | None) -> tuple[str, ...]:
-    """Repeated ``--expand a --expand b`` and ``--expand a,b`` alike."""
-    result: list[str] = []
+def _paths(values: Sequence[str] | None) -> tuple[UserPath, ...]:
+    """Repeated ``--expand a --expand b`` and ``--expand a,b`` alike (the client refuses an
+    unknown path with InvalidRequest)."""
+    result: list[Any] = []
     for value in values or ():
         result.extend(part.strip() for part in value.split(",") if part.strip())
     return tuple(result)
@@ -651,17 +652,19 @@ class _RecordReader:
         self._counts = counts
         self._shard = shard
         self._lines: list[int] = []
+        self.unreadable = 0  # lines of this shard that were not JSON
 
     def records(self) -> Iterator[Any]:
         for number, raw in enumerate(self._stream, 1):
             if not raw.strip():
                 continue
             try:
-                record = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
+                record = msgspec.json.decode(raw)
+            except (msgspec.DecodeError, RecursionError) as exc:
                 index = len(self._lines)
                 if self._shard is None or index % self._shard[1] == self._shard[0]:
                     error = InvalidRequest("record", f"not JSON: {exc}")
+                    self.unreadable += 1
                     self._counts["failed"] += 1
                     self._out.write(
                         _dumps_line(_outcome_line(_sync.failed(-1, None, error), number))
@@ -712,12 +715,13 @@ class _SyncProgress(_Progress):
 _ACTIONS = ("created", "updated", "unchanged", "failed")
 
 
-def _plan_text(plan: _sync.SyncPlan, client: Client) -> str:
+def _plan_text(plan: _sync.SyncPlan, client: Client, unreadable: int = 0) -> str:
     """The plan as told before the first write: what the look-up costs, and how long that
-    takes at the rate limit the server reported."""
+    takes at the rate limit the server reported.  `unreadable`: lines that were not JSON."""
     text = f"plan: {_plural(plan.to_match, 'record')} to match"
-    if plan.refused:
-        text += f" ({plan.refused:,} refused)"
+    refused = plan.refused + unreadable
+    if refused:
+        text += f" ({refused:,} refused)"
     if plan.lookup == "each":
         text += f"; look-up: one request per record, {plan.to_match:,} requests"
     elif plan.lookup == "list":
@@ -765,7 +769,7 @@ async def _run_sync(
     counts: Counter[str],
 ) -> None:
     def on_plan(plan: _sync.SyncPlan) -> None:
-        _tell(_plan_text(plan, client), progress)
+        _tell(_plan_text(plan, client, reader.unreadable), progress)
 
     progress: _SyncProgress | None = None
     if _isatty(sys.stderr):
@@ -804,7 +808,10 @@ async def _run_sync(
 def _summary(counts: Counter[str], client: Client, dry_run: bool, interrupted: bool) -> str:
     done = sum(counts.values())
     text = f"{_plural(done, 'record')}: " + ", ".join(f"{counts[a]:,} {a}" for a in _ACTIONS)
-    text += f"; {_plural(client.limiter.stats.granted, 'request')}"
+    stats = client.stats
+    text += f"; {_plural(stats.requests, 'request')}"
+    if stats.retries:
+        text += f" ({stats.retries:,} {'retry' if stats.retries == 1 else 'retries'})"
     rate = client.rate_limit
     if rate is not None and rate.remaining is not None:
         left = f"{rate.remaining:,}" + (f"/{rate.limit:,}" if rate.limit is not None else "")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
+import msgspec
 import pytest
 
 import evenergy_async as ev
@@ -46,7 +46,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _lines(text: str) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in text.splitlines()]
+    return [msgspec.json.decode(line) for line in text.splitlines()]
 
 
 def _one_error_line(err: str) -> str:
@@ -90,7 +90,7 @@ def test_console_script_broken_pipe_exits_quietly() -> None:
         proc.stdout.close()  # as `| head -1` does
         err = proc.stderr.read()
         code = proc.wait(timeout=30)
-    assert orjson.loads(first)["id"].startswith("user")
+    assert msgspec.json.decode(first)["id"].startswith("user")
     assert code == 0
     assert err == b""
 
@@ -555,7 +555,7 @@ async def test_to_api_reproduces_the_servers_json(evenergy_fake: FakeEvEnergy) -
             ("/users", [("page_size", "25"), *(("expand", e) for e in expand)]),
         ):
             async with http.get(evenergy_fake.base_url + path, params=params) as response:
-                raw = orjson.loads(await response.read())
+                raw = msgspec.json.decode(await response.read())
             async with ev.Client(token=evenergy_fake.token, base_url=evenergy_fake.base_url) as c:
                 users = [
                     u
@@ -567,7 +567,7 @@ async def test_to_api_reproduces_the_servers_json(evenergy_fake: FakeEvEnergy) -
         async with http.get(
             evenergy_fake.base_url + "/users/me", params=[("expand", e) for e in expand]
         ) as response:
-            raw = orjson.loads(await response.read())
+            raw = msgspec.json.decode(await response.read())
     async with ev.Client(token=evenergy_fake.token, base_url=evenergy_fake.base_url) as c:
         assert to_api(await c.users.get("me", expand=expand)) == raw
 
@@ -655,7 +655,7 @@ def _sync_input(exported: list[dict[str, Any]], changed: int, same: int, new: in
 
 def _write_jsonl(path: Path, records: list[Any]) -> None:
     path.write_bytes(
-        b"".join(r if isinstance(r, bytes) else orjson.dumps(r) + b"\n" for r in records)
+        b"".join(r if isinstance(r, bytes) else msgspec.json.encode(r) + b"\n" for r in records)
     )
 
 
@@ -692,7 +692,7 @@ async def test_sync_a_file_then_again(
     assert by_line[14]["action"] == "failed" and "email" in by_line[14]["error"]
     assert set(lines[0]) == {"line", "email", "action", "id", "changed", "error"}
     plan, summary = err.splitlines()
-    assert plan.startswith("evenergy: plan: 11 records to match (1 refused); look-up:")
+    assert plan.startswith("evenergy: plan: 11 records to match (2 refused); look-up:")
     assert "rate limit" in plan and "fits in the budget left" in plan
     assert summary == (
         f"evenergy: 13 records: 2 created, 4 updated, 5 unchanged, 2 failed; "
@@ -724,7 +724,7 @@ async def test_sync_dry_run_from_stdin_writes_nothing(
     monkeypatch.setenv("EVENERGY_TOKEN", fake.token)
     monkeypatch.setenv("EVENERGY_BASE_URL", fake.base_url)
     records = _sync_input(await _exported(fake), changed=2, same=2, new=1)
-    data = b"".join(orjson.dumps(r) + b"\n" for r in records)
+    data = b"".join(msgspec.json.encode(r) + b"\n" for r in records)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
     fake.stats.reset()
     assert await _main_in_thread(["users", "sync", "-", "--dry-run", "--lookup", "each"]) == 0
@@ -827,7 +827,7 @@ async def test_sync_killed_half_way_then_run_again(
                 proc.kill()
                 await proc.wait()
         assert proc.returncode == -signal.SIGKILL
-        assert all(orjson.loads(line)["action"] != "failed" for line in done)
+        assert all(msgspec.json.decode(line)["action"] != "failed" for line in done)
         fake.faults.latency = 0
         assert 40 <= _writes(fake) < 80  # cut off half-way
 
@@ -886,3 +886,52 @@ def test_export_terminated_tells_where_to_resume_and_resumes(tmp_path: Path) -> 
     assert main(["users", "export", "--fake", "--fake-users", "300", *resume]) == 0
     ids = [u["id"] for u in _lines(target.read_text())]
     assert len(ids) == 300 and len(set(ids)) == 300
+
+
+def test_retries_against_an_unreachable_host_are_told_while_they_happen(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the with ends: nothing listens there
+    options = {"base_url": f"http://127.0.0.1:{port}/v2", "token": "t", "max_retries": 2}
+    monkeypatch.setattr(cli, "_client_options", lambda env: options)
+    assert main(["users", "get", "me"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert [line.startswith("evenergy: warning: GET /v2/users/me: retry") for line in err] == [
+        True,
+        True,
+        False,
+    ]
+    assert "retry 1 of 2" in err[0] and "retry 2 of 2" in err[1]
+    assert err[2].startswith("evenergy: error: ")
+
+
+def test_sync_interrupted_stops_cleanly_and_says_so(tmp_path: Path) -> None:
+    target = tmp_path / "users.jsonl"
+    _write_jsonl(target, [{"email": f"person{i}@example.com"} for i in range(20)])
+    env = _env()
+    env["PYTHONPATH"] = PACKAGE_ROOT
+    # A budget of 3 an hour: the listing's page and two creates, then a wait for good.
+    fake = ["--fake", "--fake-users", "5", "--fake-rate-limit", "3"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "evenergy_async", "users", "sync", str(target), *fake],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        plan = proc.stderr.readline().decode()
+        assert plan.startswith("evenergy: plan: 20 records to match")
+        created = [msgspec.json.decode(proc.stdout.readline()) for _ in range(2)]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert [line["action"] for line in created] == ["created", "created"]
+    assert out == b""  # nothing more was done
+    summary, hint = [line for line in err.decode().splitlines() if line]
+    assert summary.startswith("evenergy: 2 records: 2 created, 0 updated, 0 unchanged, 0 failed")
+    assert summary.endswith("(interrupted)")
+    assert hint == "evenergy: interrupted; running the same sync again finishes it"

@@ -13,8 +13,10 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import orjson
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import evenergy_async as ev
 from evenergy_async import _sync
@@ -444,7 +446,7 @@ class Recorder:
 
     def __call__(self, exchange: Exchange) -> None:
         if exchange.method in ("PATCH", "POST") and "/v2/users" in exchange.url:
-            body = orjson.loads(exchange.request_body) if exchange.request_body else {}
+            body = msgspec.json.decode(exchange.request_body) if exchange.request_body else {}
             self.writes.append((exchange.method, exchange.url, body))
         if self.after is not None:
             self.after(exchange)
@@ -885,3 +887,95 @@ def test_sync_outcome_is_a_frozen_public_model() -> None:
         outcome.action = "failed"  # type: ignore[misc]
     assert outcome.user is None and outcome.changed == () and outcome.error is None
     assert "SyncOutcome" in ev.__all__
+
+
+async def test_closing_the_generator_mid_run_leaves_nothing_in_flight(
+    world: tuple[FakeEvEnergy, ev.Client, Recorder],
+) -> None:
+    fake, client, _ = world
+    records = _scenario(await _export(client), identical=10, changed=40, new=10)
+    fake.faults.latency = 0.01  # writes are in flight when the first outcomes arrive
+    outcomes = client.users.sync(records, concurrency=6)
+    taken = [await outcomes.__anext__() for _ in range(12)]
+    await outcomes.aclose()
+    limiter = client.limiter
+    assert isinstance(limiter, ev.RateLimiter)
+    assert limiter.state.in_flight() == 0  # every token given back or accounted for
+    assert len(taken) == 12
+    fake.faults.latency = 0
+    rest = await _sync_all(client, records)  # the client is whole: the run completes
+    assert not [o for o in rest if o.action == "failed"]
+    assert {o.action for o in await _sync_all(client, records)} == {"unchanged"}
+
+
+# --- the PATCH body, for any server state and any record ---------------------------------------
+
+_VALUES: dict[str, list[Any]] = {
+    "address_1": [None, "1 High St", "2 Low Rd"],
+    "address_2": [None, "Flat 1"],
+    "postal_code": [None, "EC1A 1BB", "LS1 5HD"],
+    "country_code": [None, "GB", "FR"],
+    "coordinates": [None, (51.5, -0.1), (53.8, -1.5)],
+    "tariff": [None, TARIFF, TARIFF[:-1] + "9"],
+    "city": [None, "London", "Leeds"],
+    "state": [None, "Kent"],
+    "evse_site": [None, "https://api.ev.energy/v2/evse_sites/site01HN2NJ9NMRZBXT1H6FT9N7735"],
+}
+_TRIGGERS = (
+    "address_1",
+    "address_2",
+    "city",
+    "state",
+    "postal_code",
+    "country_code",
+    "coordinates",
+)
+_REQUIRED = ("address_1", "city", "postal_code", "country_code")
+
+
+def _states() -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({name: st.sampled_from(v) for name, v in _VALUES.items()})
+
+
+def _to_json(location: dict[str, Any]) -> dict[str, Any]:
+    data = dict(location)
+    if isinstance(data.get("coordinates"), tuple):
+        lat, lon = data["coordinates"]
+        data["coordinates"] = {"latitude": lat, "longitude": lon}
+    return data
+
+
+@settings(max_examples=300, deadline=None)
+@given(current=_states(), wished=_states(), given_fields=st.sets(st.sampled_from(list(_VALUES))))
+def test_a_patch_carries_what_differs_and_what_the_address_rule_needs(
+    current: dict[str, Any], wished: dict[str, Any], given_fields: set[str]
+) -> None:
+    location = {name: wished[name] for name in given_fields}
+    record = parse_record({"id": USER_A, "default_location": _to_json(location)}, 0)
+    merged = {**current, **location}
+    differs = {name for name in location if location[name] != current[name]}
+    try:
+        update = plan_update(record, "ann@example.com", current)
+    except ev.InvalidRequest:
+        # Refused only when the merged location breaks the rule for what must be sent.
+        assert any(merged[n] is not None for n in differs & set(_TRIGGERS))
+        assert any(merged[n] is None for n in _REQUIRED)
+        return
+    assert set(update.changed) == {f"default_location.{n}" for n in differs}
+    assert update.email is ev.UNSET
+    if not differs:
+        assert update.location is ev.UNSET
+        return
+    assert isinstance(update.location, ev.Location)
+    sent = {
+        name: value
+        for name, value in _sync.server_location(
+            ev.User(id=USER_A, url="u", default_location=update.location)
+        ).items()
+        if getattr(update.location, name) is not ev.UNSET
+    }
+    needs_address = any(sent[n] is not None for n in differs & set(_TRIGGERS))
+    assert set(sent) == differs | (set(_REQUIRED) if needs_address else set())
+    assert {**current, **sent} == merged  # the server ends where the record says
+    for name in ("tariff", "evse_site", "coordinates"):
+        assert (name in sent) == (name in differs)
