@@ -1008,3 +1008,22 @@ async def test_every_exchange_of_a_sync_follows_the_spec(spec_check: Any) -> Non
             outcomes = await _sync_all(client, records, lookup=lookup)
             assert not [o for o in outcomes if o.action == "failed"], outcomes
         assert {o.action for o in await _sync_all(client, records)} == {"unchanged"}
+
+
+@pytest.mark.parametrize("lookup", ["auto", "each"])
+async def test_the_plan_is_told_after_a_look_up_and_before_the_first_write(
+    world: tuple[FakeEvEnergy, ev.Client, Recorder], lookup: str
+) -> None:
+    fake, client, _ = world
+    records = _scenario(await _export(client), identical=3, changed=5, new=2)
+    fake.stats.reset()
+    told: list[tuple[int, int, ev.RateLimit | None]] = []
+
+    def on_plan(plan: _sync.SyncPlan) -> None:
+        told.append((fake.stats.total, _writes(fake), client.rate_limit))
+
+    await _sync_all(client, records, lookup=lookup, on_plan=on_plan, concurrency=1)
+    [(requests, writes, rate)] = told
+    assert requests >= 1 and writes == 0
+    assert rate is not None and rate.limit == 100_000  # known when the plan is told
+    assert _writes(fake) == 7
