@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import orjson
+import msgspec
 import pytest
 
 from evenergy_async.testing import FakeEvEnergy
@@ -61,7 +61,7 @@ class Reply:
 
     @property
     def json(self) -> Any:
-        return orjson.loads(self.body)
+        return msgspec.json.decode(self.body)
 
     @property
     def links(self) -> dict[str, str | None]:
@@ -709,8 +709,8 @@ async def test_garbage_next(fake: FakeEvEnergy, session: Any) -> None:
     fake.faults.garbage_next()
     reply = await get(session, f"{fake.base_url}/users/me")
     assert reply.status == 200
-    with pytest.raises(orjson.JSONDecodeError):
-        orjson.loads(reply.body)
+    with pytest.raises(msgspec.DecodeError):
+        msgspec.json.decode(reply.body)
     fake.faults.garbage_next(body=b"<html>oops</html>", content_type="text/html")
     html = await get(session, f"{fake.base_url}/users/me")
     assert html.body == b"<html>oops</html>" and html.headers["Content-Type"] == "text/html"
@@ -747,8 +747,8 @@ async def test_on_exchange_sees_every_exchange() -> None:
             await call(s, "POST", f"{fake.base_url}/users", json={"email": "e@example.com"})
             await get(s, f"{fake.base_url}/users/nobody")
     assert [(e.method, e.status) for e in seen] == [("POST", 201), ("GET", 404)]
-    assert orjson.loads(seen[0].request_body) == {"email": "e@example.com"}
-    assert orjson.loads(seen[0].response_body)["email"] == "e@example.com"
+    assert msgspec.json.decode(seen[0].request_body) == {"email": "e@example.com"}
+    assert msgspec.json.decode(seen[0].response_body)["email"] == "e@example.com"
     assert seen[1].response_headers["Content-Type"] == "application/problem+json"
     with pytest.raises(AttributeError):
         seen[0].status = 500  # frozen

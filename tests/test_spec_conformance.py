@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import orjson
+import msgspec
 import pytest
 from spec_conformance import SpecValidator, form_to_json, spec_path
 
@@ -78,7 +78,7 @@ class Recorder:
         assert bool(report.response_errors) is not valid_response, report.problems()
         self.statuses.add(status)
         self.routes.add((method, path.split("?")[0]))
-        return orjson.loads(body) if body[:1] in (b"{", b"[") and valid_response else body
+        return msgspec.json.decode(body) if body[:1] in (b"{", b"[") and valid_response else body
 
 
 @pytest.fixture
@@ -240,7 +240,7 @@ async def test_auth_faults_and_limits(run: tuple[Recorder, aiohttp.ClientSession
 
 
 def user_body(**location: Any) -> bytes:
-    return orjson.dumps(
+    return msgspec.json.encode(
         {"id": USER, "url": f"https://api.ev.energy/v2/users/{USER}", "default_location": location}
     )
 

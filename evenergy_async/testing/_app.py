@@ -32,7 +32,7 @@ from datetime import date, datetime, timezone
 from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 import attrs
-import orjson
+import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
@@ -65,6 +65,7 @@ DEFAULT_PAGE_SIZE = 25
 MAX_PAGE_SIZE = 100
 CACHE_SIZE = 512
 SCOPES = "user:read user:write tariff:read tariff:prices:read site:read"
+_dumps = msgspec.json.Encoder().encode
 _CURSOR = re.compile(r"[a-z]{4}[A-Z0-9]{26}")
 _USER_ID = re.compile(r"user[A-Z0-9]{26}")
 _ACCEPTABLE = frozenset({"*/*", "application/*", JSON, PROBLEM_JSON})
@@ -359,7 +360,7 @@ class Api:
     def _problem_response(self, problem: Problem) -> web.Response:
         response = web.Response(
             status=problem.status,
-            body=orjson.dumps(problem.document(self.origin)),
+            body=_dumps(problem.document(self.origin)),
             content_type=PROBLEM_JSON,
         )
         response.headers.update(problem.headers)
@@ -518,7 +519,7 @@ class Api:
             "scope": SCOPES,
         }
         return web.Response(
-            body=orjson.dumps(document),
+            body=_dumps(document),
             content_type=JSON,
             headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
         )
@@ -526,7 +527,7 @@ class Api:
     # --- helpers ---------------------------------------------------------------------------
 
     def _json(self, document: object, status: int = 200) -> web.Response:
-        return web.Response(status=status, body=orjson.dumps(document), content_type=JSON)
+        return web.Response(status=status, body=_dumps(document), content_type=JSON)
 
     def _page(self, page: CachedPage) -> web.Response:
         return web.Response(body=page.body, content_type=JSON, headers={"Link": page.link})
@@ -625,7 +626,7 @@ class Api:
         if users and end < len(indexes):
             next_query = attrs.evolve(q, after=str(users[-1]["id"]), before=None)
             next_ = self._url("/v2/users", next_query.params())
-        return CachedPage(orjson.dumps(users), link_header(previous, next_), next_query)
+        return CachedPage(_dumps(users), link_header(previous, next_), next_query)
 
     def _user_index(self, request: web.Request) -> int:
         user_id = request.match_info["user_id"]
@@ -785,7 +786,7 @@ class Api:
             )
         if page_number < pages:
             next_ = self._url(request.path, [("page", page_number + 1), ("page_size", size), *kept])
-        body = orjson.dumps(items[start : start + size])
+        body = _dumps(items[start : start + size])
         return CachedPage(body, link_header(previous, next_))
 
     async def get_tariff(self, request: web.Request) -> web.Response:
@@ -947,7 +948,7 @@ def _oauth_error(status: int, error: str, description: str) -> web.Response:
         headers["WWW-Authenticate"] = 'Basic realm="oauth"'
     return web.Response(
         status=status,
-        body=orjson.dumps({"error": error, "error_description": description}),
+        body=_dumps({"error": error, "error_description": description}),
         content_type=JSON,
         headers=headers,
     )

@@ -15,7 +15,7 @@ Conventions (each detailed in the module that implements it):
 - Ids are a 4-letter prefix and a ULID whose time part encodes the resource's index, so ids are
   deterministic for a seed and sort in creation order (``_ids``, ``_data``).
 - Users are generated lazily from their index: a million users cost nothing until served; writes
-  go to an overlay. List pages are serialized once with orjson and cached (bounded LRU keyed by the
+  go to an overlay. List pages are serialized once with msgspec and cached (bounded LRU keyed by the
   query and the acting user, dropped on every write; ``page_cache`` pages, 512 by default: raise it
   to hold a whole stream); after a users page is served, the page its ``next`` link names is
   rendered in the background, so a streaming client finds it cached.
