@@ -69,7 +69,16 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
 
 
 def versions() -> str:
-    names = ["evenergy-async", "aiohttp", "orjson", "attrs", "cattrs", "httpx", "pydantic"]
+    names = [
+        "evenergy-async",
+        "aiohttp",
+        "msgspec",
+        "orjson",
+        "attrs",
+        "cattrs",
+        "httpx",
+        "pydantic",
+    ]
     found = []
     for name in names:
         try:

@@ -49,8 +49,10 @@ if TYPE_CHECKING:
         Supplier,
         SyncOutcome,
         Tariff,
+        TariffPath,
         UnsetType,
         User,
+        UserPath,
     )
     from .refs import Ref
 
@@ -98,8 +100,10 @@ _HOMES = {
             "Supplier",
             "SyncOutcome",
             "Tariff",
+            "TariffPath",
             "UnsetType",
             "User",
+            "UserPath",
         ),
         ".models",
     ),
@@ -140,10 +144,12 @@ __all__ = [
     "Supplier",
     "SyncOutcome",
     "Tariff",
+    "TariffPath",
     "TransportError",
     "Unauthorized",
     "UnsetType",
     "User",
+    "UserPath",
 ]
 
 

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
-import orjson
+import msgspec
 
 from ._policy import SendError
 from .errors import (
@@ -188,7 +188,7 @@ class CredentialsAuth:
 
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        payload = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
         return {}
     return payload if isinstance(payload, dict) else {}

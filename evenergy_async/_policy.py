@@ -71,6 +71,11 @@ class Request:
     #: A response body longer than this (after decompression) is refused.
     max_bytes: int = 64 * 2**20
 
+    def __repr__(self) -> str:
+        # The headers carry the token: a repr (in a log, an assertion) must not.
+        shown = {k: ("***" if k.lower() == "authorization" else v) for k, v in self.headers.items()}
+        return f"Request({self.method} {self.url}, headers={shown!r})"
+
 
 @attrs.frozen
 class Response:

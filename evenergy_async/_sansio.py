@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
+import msgspec
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import APIError, InvalidResponse, RateLimited, status_error
@@ -194,11 +194,16 @@ def rate_limit_from_headers(headers: Mapping[str, str], now: float) -> RateLimit
 # --- bodies ----------------------------------------------------------------------------------
 
 
+_decode_json = msgspec.json.Decoder().decode
+encode_json = msgspec.json.Encoder().encode
+"""A request body as JSON bytes (None as null); `UNSET` fields of a model are left out."""
+
+
 def decode_json(body: bytes) -> Any:
     """The JSON document in a success body; InvalidResponse if it is not JSON."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        return _decode_json(body)
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise InvalidResponse(f"response body is not JSON: {exc}") from None
 
 
@@ -217,8 +222,8 @@ def error_from_response(
     problem: dict[str, Any] = {}
     if _media_type(headers) in JSON_CONTENT_TYPES:
         try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            parsed = _decode_json(body)
+        except (msgspec.DecodeError, RecursionError):
             parsed = None
         if isinstance(parsed, dict):
             problem = parsed

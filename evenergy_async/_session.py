@@ -28,7 +28,6 @@ from typing import Any, TypeVar
 
 import aiohttp
 import attrs
-import orjson
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -82,7 +81,7 @@ class SessionCounters:
 
 
 def _encode_json(value: Any) -> bytes:
-    return orjson.dumps(value)
+    return _sansio.encode_json(value)
 
 
 def encode_body(

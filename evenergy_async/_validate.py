@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import get_args
 
 from .errors import InvalidRequest
+from .models import TariffPath, UserPath
 
 # The spec's id patterns: a 4-letter collection prefix and a 26-character ULID.
 _ID_BODY = r"[A-Z0-9]{26}"
@@ -21,10 +23,8 @@ EVSE_SITE_ID = re.compile(rf"site{_ID_BODY}")
 CURSOR = re.compile(rf"[a-z]{{4}}{_ID_BODY}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 
-USER_EXPANSIONS = frozenset(
-    {"default_location.tariff", "default_location.tariff.supplier", "default_location.evse_site"}
-)
-TARIFF_EXPANSIONS = frozenset({"supplier", "scheduler_tariff", "prices"})
+USER_EXPANSIONS: frozenset[str] = frozenset(get_args(UserPath))
+TARIFF_EXPANSIONS: frozenset[str] = frozenset(get_args(TariffPath))
 
 
 def check_id(value: object, pattern: re.Pattern[str], field: str, *, me: bool = False) -> str:

@@ -36,14 +36,14 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, NoReturn
 
 import attrs
-import orjson
+import msgspec
 
 from . import _sync, _validate
 from ._convert import to_api
 from ._ratelimit import RateLimiterProtocol
 from .client import DEFAULT_BASE_URL, Client
 from .errors import EvEnergyError, InvalidRequest
-from .models import UNSET, LatLong, Location, SyncOutcome, UnsetType, User
+from .models import UNSET, LatLong, Location, SyncOutcome, UnsetType, User, UserPath
 from .refs import Ref
 
 __all__ = ["main", "to_api"]
@@ -56,7 +56,7 @@ _ADDRESS_FIELDS = ("address_1", "address_2", "city", "state", "postal_code", "co
 
 
 def _dumps_line(data: Any) -> bytes:
-    return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+    return msgspec.json.encode(data) + b"\n"
 
 
 # --- errors and argument parsing -------------------------------------------------------------
@@ -126,9 +126,10 @@ _wait = _real(0)
 _number = _real()
 
 
-def _paths(values: Sequence[str] | None) -> tuple[str, ...]:
-    """Repeated ``--expand a --expand b`` and ``--expand a,b`` alike."""
-    result: list[str] = []
+def _paths(values: Sequence[str] | None) -> tuple[UserPath, ...]:
+    """Repeated ``--expand a --expand b`` and ``--expand a,b`` alike (the client refuses an
+    unknown path with InvalidRequest)."""
+    result: list[Any] = []
     for value in values or ():
         result.extend(part.strip() for part in value.split(",") if part.strip())
     return tuple(result)
@@ -658,8 +659,8 @@ class _RecordReader:
             if not raw.strip():
                 continue
             try:
-                record = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
+                record = msgspec.json.decode(raw)
+            except (msgspec.DecodeError, RecursionError) as exc:
                 index = len(self._lines)
                 if self._shard is None or index % self._shard[1] == self._shard[0]:
                     error = InvalidRequest("record", f"not JSON: {exc}")

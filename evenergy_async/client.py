@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from yarl import URL
 
@@ -207,12 +207,11 @@ class _Context:
 
     async def _fetch_related(self, key: str, target: URL) -> Any:
         response = await self.request("GET", target)
-        data = _sansio.decode_json(response.body)
         model = _MODELS.get(_collection(target, self.base_url))
         if model is None:
-            value = data
+            value = _sansio.decode_json(response.body)
         else:
-            value, expanded = _convert.decode(data, model, self)
+            value, expanded = _convert.decode(response.body, model, self)
             self.remember(expanded)
         self.shared.cache.put(key, value, asyncio.get_running_loop().time())
         return value
@@ -436,6 +435,10 @@ class Client:
             bytes_read=counters.bytes_read,
         )
 
+    @overload
+    async def resolve(self, ref: Ref[T]) -> T: ...
+    @overload
+    async def resolve(self, ref: str) -> Any: ...
     async def resolve(self, ref: Ref[Any] | str) -> Any:
         """The resource a Ref (or URL) names: cached, and fetched once however many ask.
 

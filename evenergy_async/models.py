@@ -7,13 +7,16 @@ Relations given by URL are `Ref`s; with ``expand=`` they arrive resolved.
 
 from __future__ import annotations
 
-import enum
+import abc
 from collections.abc import Mapping
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeAlias, TypeVar
 
 import attrs
+import msgspec
+from msgspec import UNSET, UnsetType
 
+from ._countries import COUNTRY_CODES
 from .refs import Ref
 
 if TYPE_CHECKING:
@@ -21,37 +24,48 @@ if TYPE_CHECKING:
 
 __all__ = [
     "UNSET",
+    "AwareDatetime",
+    "CountryCode",
     "EVSESite",
     "LatLong",
     "Location",
     "Page",
     "Price",
+    "Prices",
     "RateLimit",
     "Supplier",
     "SyncAction",
     "SyncOutcome",
     "Tariff",
+    "TariffPath",
     "TariffType",
     "UnsetType",
     "User",
+    "UserPath",
 ]
 
 T = TypeVar("T")
 
 
-class UnsetType(enum.Enum):
-    """The type of `UNSET`: "not sent" in a response, "leave unchanged" in a request."""
+# `UNSET` (msgspec's) is a field not sent in a response, "leave unchanged" in a request.  It is
+# falsy for type checkers too (``__bool__`` is typed ``Literal[False]``), so one `if` narrows
+# ``str | UnsetType`` to ``str``; msgspec leaves it out when encoding.
 
-    UNSET = "UNSET"
+# Types the decoder checks but type checkers see as the plain type: a country code is a
+# `str` to a checker and one of the spec's 249 codes to the decoder; a date-time must carry
+# a UTC offset (RFC 3339).
+if TYPE_CHECKING:
+    CountryCode: TypeAlias = str
+else:
+    CountryCode = Literal[tuple(sorted(COUNTRY_CODES))]
+AwareDatetime: TypeAlias = Annotated[datetime, msgspec.Meta(tz=True)]
 
-    def __bool__(self) -> bool:
-        return False
-
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET = UnsetType.UNSET
+# The relations `expand=` (server-side) and `resolve=` (client-side) may name, as types an
+# editor completes and a checker verifies.
+UserPath = Literal[
+    "default_location.tariff", "default_location.tariff.supplier", "default_location.evse_site"
+]
+TariffPath = Literal["supplier", "scheduler_tariff", "prices"]
 
 TariffType = Literal[
     "FLAT_RATE", "DUAL_RATE", "THREE_RATE", "DYNAMIC", "EXTERNALLY_MANAGED", "OTHER"
@@ -75,7 +89,7 @@ class Location:
     address_1: str | UnsetType | None = UNSET
     address_2: str | UnsetType | None = UNSET
     postal_code: str | UnsetType | None = UNSET
-    country_code: str | UnsetType | None = UNSET
+    country_code: CountryCode | UnsetType | None = UNSET
     coordinates: LatLong | UnsetType | None = UNSET
     tariff: Ref[Tariff] | UnsetType | None = UNSET
     city: str | UnsetType | None = UNSET
@@ -90,8 +104,8 @@ class User:
     url: str
     email: str | UnsetType = UNSET
     full_name: str | UnsetType = UNSET
-    joined_at: datetime | UnsetType = UNSET
-    terms_consent_datetime: datetime | UnsetType | None = UNSET
+    joined_at: AwareDatetime | UnsetType = UNSET
+    terms_consent_datetime: AwareDatetime | UnsetType | None = UNSET
     default_location: Location | UnsetType = UNSET
     vehicles: tuple[Ref[Any], ...] = ()
     evses: tuple[Ref[Any], ...] = ()
@@ -108,9 +122,21 @@ class Supplier:
 
 @attrs.frozen(kw_only=True)
 class Price:
-    started_at: datetime
+    started_at: AwareDatetime
     interval_seconds: int
     price_minor_units: int
+
+
+if TYPE_CHECKING:
+    Prices: TypeAlias = Ref[Any] | tuple[Price, ...]
+else:
+
+    class Prices(abc.ABC):  # noqa: B024 (no abstract methods: a type to check against)
+        """`Tariff.prices` to the decoder: a URL or an array, which msgspec's unions cannot
+        mix with a custom type, so its hook reads both.  Checkers see the union."""
+
+    Prices.register(Ref)
+    Prices.register(tuple)
 
 
 @attrs.frozen(kw_only=True)
@@ -136,7 +162,7 @@ class Tariff:
     valid_until: date | UnsetType | None = UNSET
     scheduler_tariff: Ref[Tariff] | UnsetType | None = UNSET
     current_price: int | UnsetType | None = UNSET
-    prices: Ref[Any] | tuple[Price, ...] | UnsetType | None = UNSET
+    prices: Prices | UnsetType | None = UNSET
 
 
 @attrs.frozen(kw_only=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
+import msgspec
 import pytest
 
 import evenergy_async as ev
@@ -46,7 +46,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _lines(text: str) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in text.splitlines()]
+    return [msgspec.json.decode(line) for line in text.splitlines()]
 
 
 def _one_error_line(err: str) -> str:
@@ -90,7 +90,7 @@ def test_console_script_broken_pipe_exits_quietly() -> None:
         proc.stdout.close()  # as `| head -1` does
         err = proc.stderr.read()
         code = proc.wait(timeout=30)
-    assert orjson.loads(first)["id"].startswith("user")
+    assert msgspec.json.decode(first)["id"].startswith("user")
     assert code == 0
     assert err == b""
 
@@ -555,7 +555,7 @@ async def test_to_api_reproduces_the_servers_json(evenergy_fake: FakeEvEnergy) -
             ("/users", [("page_size", "25"), *(("expand", e) for e in expand)]),
         ):
             async with http.get(evenergy_fake.base_url + path, params=params) as response:
-                raw = orjson.loads(await response.read())
+                raw = msgspec.json.decode(await response.read())
             async with ev.Client(token=evenergy_fake.token, base_url=evenergy_fake.base_url) as c:
                 users = [
                     u
@@ -567,7 +567,7 @@ async def test_to_api_reproduces_the_servers_json(evenergy_fake: FakeEvEnergy) -
         async with http.get(
             evenergy_fake.base_url + "/users/me", params=[("expand", e) for e in expand]
         ) as response:
-            raw = orjson.loads(await response.read())
+            raw = msgspec.json.decode(await response.read())
     async with ev.Client(token=evenergy_fake.token, base_url=evenergy_fake.base_url) as c:
         assert to_api(await c.users.get("me", expand=expand)) == raw
 
@@ -655,7 +655,7 @@ def _sync_input(exported: list[dict[str, Any]], changed: int, same: int, new: in
 
 def _write_jsonl(path: Path, records: list[Any]) -> None:
     path.write_bytes(
-        b"".join(r if isinstance(r, bytes) else orjson.dumps(r) + b"\n" for r in records)
+        b"".join(r if isinstance(r, bytes) else msgspec.json.encode(r) + b"\n" for r in records)
     )
 
 
@@ -724,7 +724,7 @@ async def test_sync_dry_run_from_stdin_writes_nothing(
     monkeypatch.setenv("EVENERGY_TOKEN", fake.token)
     monkeypatch.setenv("EVENERGY_BASE_URL", fake.base_url)
     records = _sync_input(await _exported(fake), changed=2, same=2, new=1)
-    data = b"".join(orjson.dumps(r) + b"\n" for r in records)
+    data = b"".join(msgspec.json.encode(r) + b"\n" for r in records)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
     fake.stats.reset()
     assert await _main_in_thread(["users", "sync", "-", "--dry-run", "--lookup", "each"]) == 0
@@ -827,7 +827,7 @@ async def test_sync_killed_half_way_then_run_again(
                 proc.kill()
                 await proc.wait()
         assert proc.returncode == -signal.SIGKILL
-        assert all(orjson.loads(line)["action"] != "failed" for line in done)
+        assert all(msgspec.json.decode(line)["action"] != "failed" for line in done)
         fake.faults.latency = 0
         assert 40 <= _writes(fake) < 80  # cut off half-way
 
@@ -925,7 +925,7 @@ def test_sync_interrupted_stops_cleanly_and_says_so(tmp_path: Path) -> None:
         assert proc.stdout is not None and proc.stderr is not None
         plan = proc.stderr.readline().decode()
         assert plan.startswith("evenergy: plan: 20 records to match")
-        created = [orjson.loads(proc.stdout.readline()) for _ in range(2)]
+        created = [msgspec.json.decode(proc.stdout.readline()) for _ in range(2)]
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130

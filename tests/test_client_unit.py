@@ -9,7 +9,7 @@ import base64
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
+import msgspec
 import pytest
 
 import evenergy_async as ev
@@ -335,7 +335,7 @@ async def test_users_create_json(mocked, client):
     assert user.email == "a@example.com"
     [call] = calls(mocked, "POST")
     assert call.headers["Content-Type"] == "application/json"
-    assert orjson.loads(call.body) == {
+    assert msgspec.json.decode(call.body) == {
         "email": "a@example.com",
         "default_location": {
             "address_1": "1 High St",
@@ -350,7 +350,7 @@ async def test_users_create_email_only(mocked, client):
     mocked.post(f"{B}/users", status=201, payload=user_json())
     await client.users.create(email="a@example.com")
     [call] = calls(mocked, "POST")
-    assert orjson.loads(call.body) == {"email": "a@example.com"}
+    assert msgspec.json.decode(call.body) == {"email": "a@example.com"}
 
 
 async def test_users_create_form(mocked, client):
@@ -401,7 +401,7 @@ async def test_users_update_sends_only_given_fields(mocked, client):
     user = await client.users.update(UID, email="b@example.com")
     assert user.email == "b@example.com"
     [call] = calls(mocked, "PATCH")
-    assert orjson.loads(call.body) == {"email": "b@example.com"}
+    assert msgspec.json.decode(call.body) == {"email": "b@example.com"}
 
 
 async def test_users_update_location_nulls_present_unset_absent(mocked, client):
@@ -418,7 +418,7 @@ async def test_users_update_location_nulls_present_unset_absent(mocked, client):
     )
     await client.users.update(UID, default_location=location, expand=["default_location.tariff"])
     [call] = calls(mocked, "PATCH", url)
-    assert orjson.loads(call.body) == {
+    assert msgspec.json.decode(call.body) == {
         "default_location": {
             "address_1": None,
             "address_2": None,
@@ -444,7 +444,7 @@ async def test_users_update_default_location_none_clears(mocked, client):
     mocked.patch(f"{B}/users/{UID}", payload=user_json())
     await client.users.update(UID, default_location=None)
     [call] = calls(mocked, "PATCH")
-    sent = orjson.loads(call.body)["default_location"]
+    sent = msgspec.json.decode(call.body)["default_location"]
     for name in ("address_1", "city", "postal_code", "country_code"):
         assert sent[name] is None
 
@@ -771,13 +771,13 @@ MALFORMED = {
     "bad country": (
         "GET",
         f"users/{UID}",
-        orjson.dumps(user_json(default_location={"country_code": "XX"})),
+        msgspec.json.encode(user_json(default_location={"country_code": "XX"})),
         lambda c: c.users.get(UID),
     ),
     "tariff bad type": (
         "GET",
         f"tariffs/{TID}",
-        orjson.dumps(tariff_json(type="CHEAP")),
+        msgspec.json.encode(tariff_json(type="CHEAP")),
         lambda c: c.tariffs.get(TID),
     ),
     "supplier missing icon": (

@@ -7,11 +7,13 @@ import math
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
 import pytest
 
 from evenergy_async import _bodies as b
+from evenergy_async import _convert
 from evenergy_async import _validate as v
-from evenergy_async._convert import decode, decode_list, to_wire
+from evenergy_async._convert import to_wire
 from evenergy_async.errors import EvEnergyError, InvalidRequest, InvalidResponse
 from evenergy_async.models import (
     UNSET,
@@ -105,6 +107,15 @@ def site_json(**overrides: Any) -> dict[str, Any]:
     }
     data.update(overrides)
     return data
+
+
+def decode(data: Any, cls: type[Any], resolver: Any) -> tuple[Any, list[Ref[Any]]]:
+    """`_convert.decode` of `data` as a response body."""
+    return _convert.decode(msgspec.json.encode(data), cls, resolver)
+
+
+def decode_list(data: Any, cls: type[Any], resolver: Any) -> tuple[list[Any], list[Ref[Any]]]:
+    return _convert.decode_list(msgspec.json.encode(data), cls, resolver)
 
 
 class FakeResolver:
@@ -241,6 +252,15 @@ async def test_decoded_refs_resolve_through_the_resolver():
     assert resolver.asked == [f"{API}/tariffs/{TID}"]  # once
 
 
+async def test_await_ref_is_resolve():
+    resolver = FakeResolver()
+    user, _ = decode(user_json(), User, resolver)
+    value = await user.default_location.tariff
+    assert value == {"resolved": f"{API}/tariffs/{TID}"}
+    assert await user.default_location.tariff is value
+    assert resolver.asked == [f"{API}/tariffs/{TID}"]
+
+
 async def test_ref_without_resolver():
     user, _ = decode(user_json(), User, None)
     with pytest.raises(EvEnergyError):
@@ -364,7 +384,7 @@ def test_decode_evse_site(cpms):
 
 def test_decode_price():
     price, _ = decode(
-        {"started_at": "2024-01-15T10:00:00Z", "interval_seconds": 1800.0, "price_minor_units": -3},
+        {"started_at": "2024-01-15T10:00:00Z", "interval_seconds": 1800, "price_minor_units": -3},
         Price,
         None,
     )
@@ -547,6 +567,8 @@ def test_decode_bad_site_raises_invalid_response(data):
         {"started_at": None, "interval_seconds": 1800, "price_minor_units": 1},
         {"interval_seconds": 1800, "price_minor_units": 1},
         {"started_at": "2024-01-15T10:00:00Z", "interval_seconds": 1800, "price_minor_units": 1.5},
+        # msgspec reads a JSON integer only from integer syntax, as Python's json writes it
+        {"started_at": "2024-01-15T10:00:00Z", "interval_seconds": 1800.0, "price_minor_units": 1},
     ],
 )
 def test_decode_bad_price(data):
@@ -594,6 +616,120 @@ def test_decode_deeply_nested_expansion_is_invalid_response_not_recursion_error(
     node["scheduler_tariff"] = 5  # invalid at the bottom
     with pytest.raises(InvalidResponse):
         decode(root, Tariff, None)
+
+
+# --- msgspec specifics: paths, nulls, errata, shared Refs, bodies --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("item", "message", "path"),
+    [
+        (user_json(email=5), "Expected `str`, got `int`", "$[1].email"),
+        (user_json(joined_at="2023-06-15T10:00:00"), "timezone", "$[1].joined_at"),
+        (_loc(country_code="XX"), "'XX'", "$[1].default_location.country_code"),
+        (_loc(coordinates={"latitude": 1}), "longitude", "$[1].default_location.coordinates"),
+        (_loc(tariff=5), "Expected a URL", "$[1].default_location.tariff"),
+        (user_json(vehicles=["u", 5]), "Expected a URL", "$[1].vehicles[1]"),
+        (
+            _loc(tariff=tariff_json(supplier=supplier_json(name=5))),
+            "Expected `str`, got `int`",
+            "$[1].default_location.tariff.supplier.name",
+        ),
+        (
+            _loc(tariff=tariff_json(prices=[{"started_at": "2024-01-15T10:00:00Z"}])),
+            "interval_seconds",
+            "$[1].default_location.tariff.prices[0]",
+        ),
+    ],
+)
+def test_invalid_response_names_the_json_path(item, message, path):
+    with pytest.raises(InvalidResponse) as info:
+        decode_list([user_json(), item], User, None)
+    text = str(info.value)
+    assert message in text
+    assert text.endswith(f"at `{path}`")
+    assert text.startswith("cannot decode User list:")
+
+
+def test_not_json_is_invalid_response():
+    for body in (b"", b"{", b"\xff", b"[1,]", b"[" * 5000):
+        with pytest.raises(InvalidResponse):
+            _convert.decode_list(body, User, None)
+        with pytest.raises(InvalidResponse):
+            _convert.decode(body, User, None)
+
+
+def test_null_country_code_is_read_as_cleared():
+    # Errata: the spec's Location.country_code says both "nullable" and "a CountryCode".
+    user, _ = decode(_loc(country_code=None), User, None)
+    assert user.default_location.country_code is None
+
+
+def test_nulls_where_the_api_allows_them_and_only_there():
+    user, _ = decode(user_json(terms_consent_datetime=None), User, None)
+    assert user.terms_consent_datetime is None
+    for field in ("email", "full_name", "joined_at", "default_location", "vehicles"):
+        with pytest.raises(InvalidResponse, match=f"at `\\$.{field}`"):
+            decode(user_json(**{field: None}), User, None)
+
+
+def test_unknown_fields_of_every_shape_are_skipped():
+    data = user_json(extra={"deep": [{"x": [1, 2.5, None, True]}]}, more=[[[]]], n=1e300)
+    data["default_location"]["tariff"] = tariff_json(surprise={"a": 1}, supplier=supplier_json(z=1))
+    user, expanded = decode(data, User, None)
+    assert user.default_location.tariff.value.supplier.value.name == "Rivendell Renewables"
+    assert len(expanded) == 2
+
+
+def test_one_ref_per_url_in_a_body():
+    items = [user_json(id=f"user{i:026d}", url=f"{API}/users/user{i:026d}") for i in range(3)]
+    users, _ = decode_list(items, User, None)
+    tariffs = {id(u.default_location.tariff) for u in users}
+    assert len(tariffs) == 1
+
+
+def test_a_codec_shares_refs_across_bodies_and_binds_its_resolver():
+    resolver = FakeResolver()
+    codec = _convert.Codec(resolver)
+    first, _ = codec.decode(msgspec.json.encode(user_json()), User)
+    second, _ = codec.decode_list(msgspec.json.encode([user_json()]), User)
+    assert first.default_location.tariff is second[0].default_location.tariff
+    assert first.default_location.tariff._resolver is resolver
+
+
+def test_expanded_relations_are_reported_once_per_call():
+    codec = _convert.Codec(None)
+    body = msgspec.json.encode(_loc(tariff=tariff_json()))
+    assert len(codec.decode(body, User)[1]) == 1
+    assert len(codec.decode(msgspec.json.encode(user_json()), User)[1]) == 0
+    with pytest.raises(InvalidResponse):  # a failed decode leaves nothing behind
+        codec.decode_list(msgspec.json.encode([_loc(tariff=tariff_json()), 5]), User)
+    assert codec.take_expanded() == []
+
+
+def test_expanded_object_where_only_a_url_may_be():
+    with pytest.raises(InvalidResponse, match="Expected a URL, got `object`"):
+        decode(user_json(vehicles=[{"url": "x"}]), User, None)
+
+
+def test_expanded_prices_need_an_array():
+    with pytest.raises(InvalidResponse, match="prices"):
+        decode(tariff_json(prices={"url": "x"}), Tariff, None)
+
+
+def test_convert_reads_api_shaped_records():
+    record = user_json()["default_location"]
+    location = _convert.convert(record, Location)
+    assert location.country_code == "GB"
+    assert isinstance(location.tariff, Ref)
+    assert to_wire(location) == record
+    with pytest.raises(InvalidRequest, match="country_code"):
+        _convert.convert({**record, "country_code": "XX"}, Location)
+
+
+def test_to_api_refuses_what_json_cannot_say():
+    with pytest.raises(InvalidRequest):
+        _convert.to_api({"a": object()})
 
 
 # --- to_wire ------------------------------------------------------------------------------------

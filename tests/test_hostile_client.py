@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
-import orjson
+import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -58,7 +58,7 @@ def page(items: list[Any], next_url: str | None = None) -> web.Response:
     headers = {"Content-Type": "application/json"}
     if next_url is not None:
         headers["Link"] = f'<about:blank>; rel="previous", <{next_url}>; rel="next"'
-    return web.Response(body=orjson.dumps(items), headers=headers)
+    return web.Response(body=msgspec.json.encode(items), headers=headers)
 
 
 class Server:

@@ -218,3 +218,11 @@ def test_a_failing_call_ends_by_its_deadline(timeout, deadline, retry_after, jit
 @given(retry=st.integers(0, 64), jitter=st.floats(0.0, 0.999))
 def test_backoff_is_bounded_by_its_cap(retry, jitter):
     assert 0.0 <= backoff(retry, POLICY, jitter) <= POLICY.backoff_cap
+
+
+def test_a_request_repr_hides_its_token():
+    from evenergy_async._policy import Request
+
+    request = Request("GET", URL("https://x.test/v2/users"), {"Authorization": "Bearer SECRET"})
+    assert "SECRET" not in repr(request)
+    assert "Authorization" in repr(request)

@@ -9,7 +9,7 @@ import logging
 import traceback
 from typing import Any
 
-import orjson
+import msgspec
 import pytest
 
 import evenergy_async as ev
@@ -392,7 +392,7 @@ async def test_stats_count_requests_by_outcome(caplog):
     assert stats.responses == {"2xx": 1, "4xx": 1, "5xx": 1}
     assert stats.transport_errors == 1
     assert stats.retries == 2
-    assert stats.bytes_read == len(orjson.dumps(user_json()))
+    assert stats.bytes_read == len(msgspec.json.encode(user_json()))
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2 and all("retry" in r.getMessage() for r in warnings)
     with pytest.raises(AttributeError):

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import orjson
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -446,7 +446,7 @@ class Recorder:
 
     def __call__(self, exchange: Exchange) -> None:
         if exchange.method in ("PATCH", "POST") and "/v2/users" in exchange.url:
-            body = orjson.loads(exchange.request_body) if exchange.request_body else {}
+            body = msgspec.json.decode(exchange.request_body) if exchange.request_body else {}
             self.writes.append((exchange.method, exchange.url, body))
         if self.after is not None:
             self.after(exchange)

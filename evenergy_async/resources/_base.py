@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 from yarl import URL
 
 from .. import _sansio
-from .._convert import decode, decode_list
+from .._convert import Codec, decode
 from .._session import Response, merge_params, query_pairs
 from ..errors import EvEnergyError, InvalidResponse
 from ..models import Page, User
@@ -117,7 +117,7 @@ class Collection:
 
     def _decode(self, response: Response, cls: type[T]) -> T:
         ctx = self._ctx
-        value, expanded = decode(_sansio.decode_json(response.body), cls, ctx)
+        value, expanded = decode(response.body, cls, ctx)
         ctx.remember(expanded)
         return value
 
@@ -125,23 +125,34 @@ class Collection:
         self, url: URL, cls: type[T], params: Mapping[str, Any], cursor: str | None = None
     ) -> AsyncGenerator[Page[T], None]:
         """Every page from `url` on, decoded as `cls`; see `_raw_pages`."""
-        ctx = self._ctx
         position = Position(cursor)
-        pages = self._raw_pages(url, params)
+        pages = self._raw_pages(url, params, self._page_decoder(cls))
         try:
             with resumable(position):
-                async for raw in pages:
-                    items, expanded = decode_list(raw.items, cls, ctx)
-                    ctx.remember(expanded)
-                    yield Page(items, raw.next_url, raw.next_cursor, raw.previous_url)
-                    position.cursor = raw.next_cursor or position.cursor
+                async for page in pages:
+                    yield page
+                    position.cursor = page.next_cursor or position.cursor
         finally:
             await pages.aclose()
 
+    def _page_decoder(self, cls: type[T]) -> Callable[[bytes], list[T]]:
+        """A page body as `cls` items, in one call (msgspec, in C); relations that arrived
+        expanded prime the resolve cache.  One codec per stream: one Ref per URL across it."""
+        codec = Codec(self._ctx)
+        remember = self._ctx.remember
+
+        def decode_page(body: bytes) -> list[T]:
+            items, expanded = codec.decode_list(body, cls)
+            remember(expanded)
+            return items
+
+        return decode_page
+
     async def _raw_pages(
-        self, url: URL, params: Mapping[str, Any]
-    ) -> AsyncGenerator[Page[Any], None]:
-        """Every page from `url` on as JSON items, following ``Link: rel="next"`` (RFC 8288).
+        self, url: URL, params: Mapping[str, Any], decode_page: Callable[[bytes], list[T]]
+    ) -> AsyncGenerator[Page[T], None]:
+        """Every page from `url` on, its body read by `decode_page` (a JSON array that does not
+        fit raises InvalidResponse), following ``Link: rel="next"`` (RFC 8288).
 
         The next page's request is sent before the current page is handed over, so the network
         and the decoder work at the same time; at most one page is fetched ahead.  The stream
@@ -171,9 +182,7 @@ class Collection:
                     trail.follow(next_url)
                     fetch = ctx.spawn(ctx.request("GET", next_url))
                     await asyncio.sleep(0)  # let it be sent before decoding this page
-                items = _sansio.decode_json(response.body)
-                if type(items) is not list:
-                    raise InvalidResponse(f"expected a JSON array, got {type(items).__name__}")
+                items = decode_page(response.body)
                 if len(items) > max_items:
                     raise InvalidResponse(
                         f"a page of {len(items)} items, asked for at most {max_items}"

@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import _validate as v
 from ..errors import InvalidRequest
-from ..models import Page, Supplier, Tariff
+from ..models import Page, Supplier, Tariff, TariffPath
 from ..refs import Ref
 from ._base import Collection
 
@@ -22,7 +22,7 @@ class Tariffs(Collection):
         self,
         tariff_id: str,
         *,
-        expand: Iterable[str] = (),
+        expand: TariffPath | Iterable[TariffPath] = (),
         available_for_user_id: str | None = None,
     ) -> Tariff:
         """One tariff (TariffDetail: with `current_price` and `prices`)."""
@@ -43,7 +43,7 @@ class Tariffs(Collection):
         valid: bool | None,
         gsp_group: str | None,
         available_for_user_id: str | None,
-        expand: Iterable[str],
+        expand: TariffPath | Iterable[TariffPath],
     ) -> dict[str, Any]:
         params: dict[str, Any] = {"page_size": v.check_page_size(page_size)}
         if page != 1:
@@ -79,7 +79,7 @@ class Tariffs(Collection):
         valid: bool | None = None,
         gsp_group: str | None = None,
         available_for_user_id: str | None = None,
-        expand: Iterable[str] = (),
+        expand: TariffPath | Iterable[TariffPath] = (),
     ) -> AsyncGenerator[Page[Tariff], None]:
         """Pages of tariffs (sorted by name) from page number `page` on.
 
@@ -101,7 +101,7 @@ class Tariffs(Collection):
         valid: bool | None = None,
         gsp_group: str | None = None,
         available_for_user_id: str | None = None,
-        expand: Iterable[str] = (),
+        expand: TariffPath | Iterable[TariffPath] = (),
     ) -> AsyncGenerator[Tariff, None]:
         """Every tariff matching the filters, following the ``Link`` header page by page."""
         pages = self.pages(

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import attrs
-import orjson
+import msgspec
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -42,7 +42,7 @@ class MockReply:
     content_type: str = "application/json"
 
     def response(self, url: URL) -> Response:
-        body = orjson.dumps(self.payload) if self.payload is not None else self.body
+        body = msgspec.json.encode(self.payload) if self.payload is not None else self.body
         if isinstance(body, str):
             body = body.encode()
         headers: CIMultiDict[str] = CIMultiDict({"Content-Type": self.content_type})
