@@ -164,9 +164,9 @@ class SyncRun:
         try:
             user = await self._users.get(record.id)
         except EvEnergyError as exc:
-            return self._failure(record, exc)
-        finally:
             self._announce()
+            return self._failure(record, exc)
+        self._announce()
         for named, duplicate in self._batch.match(user.id, user.email):
             if named is record and duplicate is not None:
                 return duplicate
@@ -207,9 +207,9 @@ class SyncRun:
         try:
             user = await self._find(record.email)
         except EvEnergyError as exc:
-            return self._failure(record, exc)
-        finally:
             self._announce()
+            return self._failure(record, exc)
+        self._announce()
         if user is not None:
             for named, duplicate in self._batch.match(user.id, user.email):
                 if named is record:
