@@ -24,8 +24,9 @@ Bounds, whatever the server sends:
   consecutive 429 up to `PAUSE_MAX_BACKOFF` (a response other than 429 resets it; 429s of
   requests sent before the previous 429 came back count once), and at most one window (by
   then the server's window holds nothing it held; a longer pause would be a locked client);
-- a limit below 1 is ignored (it would stop every request with no timer to end it), a limit
-  above `MAX_LIMIT` is taken as `MAX_LIMIT`; a NaN Retry-After is taken as absent;
+- a limit below 1 or above `MAX_LIMIT` is ignored (0 would stop every request with no timer
+  to end it; a huge one with "0 remaining" would mean the same); a NaN Retry-After is taken
+  as absent;
 - the outage rule: until the first response and after a 429 one request at a time goes (the
   probe).  If the probe ends without a response after it may have been sent (a timeout, a
   cut connection), the server is not answering: every caller waiting behind it fails at once
@@ -62,8 +63,8 @@ Ticket = int
 # up to PAUSE_MAX_BACKOFF, whatever Retry-After says (0, negative, a date in the past).
 PAUSE_MIN = 1.0
 PAUSE_MAX_BACKOFF = 60.0
-# A larger X-RateLimit-Limit is taken as this: no real budget is that large, and the
-# arithmetic stays exact in the Redis scripts' doubles.
+# A larger X-RateLimit-Limit is ignored, like one below 1: no real budget is that large (and
+# the arithmetic stays exact in the Redis scripts' doubles).
 MAX_LIMIT = 1_000_000_000
 
 
@@ -198,8 +199,8 @@ class WindowState:
         if self._finish(ticket):
             self._done.append(now)
         limit = rate.limit if rate is not None else None
-        if limit is not None and limit >= 1:  # 0 would lock the client for good: ignored
-            self.limit = min(limit, MAX_LIMIT)
+        if limit is not None and 1 <= limit <= MAX_LIMIT:  # else absurd: ignored (0 would
+            self.limit = limit  # stop every request with no timer to end it)
         # Answers to requests sent before the latest 429 was seen are old news about it.
         fresh = ticket >= self._fresh_from
         if status == 429:

@@ -14,10 +14,11 @@ process and task that uses the same key, as if they were one client:
   time for the whole fleet; when only the estimate of others' spending stands in the way,
   one request every window / 20 asks the server again;
 - the bounds of `_ratelimit`: a 429 pauses for at least 1 s, doubled by consecutive 429s up
-  to 60 s, and at most a window; a limit below 1 is ignored; a probe that got no response
-  fails every caller of every process that was waiting behind it (`TransportError`, not
-  sent); each waiter's `max_wait` is checked whenever the budget changes (a 429 anywhere in
-  the fleet wakes the waiters to look) and ends at its bound on the waiter's own clock.
+  to 60 s, and at most a window; a limit below 1 or above 10**9 is ignored; a probe that got
+  no response fails every caller of every process that was waiting behind it
+  (`TransportError`, not sent); each waiter's `max_wait` is checked whenever the budget
+  changes (a 429 anywhere in the fleet wakes the waiters to look) and ends at its bound on
+  the waiter's own clock.
 
 Every decision (acquire, record, release) is one Lua script, so it is atomic.  The scripts live
 in ``evenergy_async/lua/`` (package data): ``prelude.lua`` holds the rules, one function per

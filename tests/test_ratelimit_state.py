@@ -751,9 +751,14 @@ def test_a_limit_of_zero_after_a_real_one_keeps_the_real_one():
     assert state.try_acquire(1.0) is not None
 
 
-def test_a_huge_limit_is_capped_and_estimates_stay_cheap():
-    state = learned(10**30, 0)  # "none left" of an absurd budget: others spent it all
-    assert state.limit == MAX_LIMIT
+def test_a_huge_limit_is_ignored():
+    state = learned(10**30, 0)
+    assert state.limit is None
+    assert state.try_acquire(0.0) is not None
+
+
+def test_the_largest_limit_keeps_estimates_cheap():
+    state = learned(MAX_LIMIT, 0)  # "none left" of a huge budget: others spent it all
     assert state.others(0.0) == MAX_LIMIT - 1
     assert state.estimate_wait(0.0, 5) == pytest.approx(W)  # no list of a billion entries
     assert state.next_change(0.0) == pytest.approx(W / 20)  # a probe asks again

@@ -15,8 +15,8 @@ if finish(tks) == 1 then
 elseif redis.call('ZSCORE', DONE, tks) then
   redis.call('ZADD', DONE, fmt(now), tks)  -- answered after its reservation expired
 end
--- 0 would stop every request with no timer to end it: ignored
-if limit ~= nil and limit >= 1 then st.limit = math.min(math.floor(limit), MAX_LIMIT) end
+-- absurd limits are ignored (0 would stop every request with no timer to end it)
+if limit ~= nil and limit >= 1 and limit <= MAX_LIMIT then st.limit = math.floor(limit) end
 -- answers to requests sent before the latest 429 was seen are old news about it
 local fresh = tk >= st.fresh_from
 local throttled = status == 429
