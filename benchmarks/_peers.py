@@ -1,14 +1,26 @@
-"""What the contenders share: pydantic v2 models of the same shape, a minimal Link parser,
-and the request headers every contender sends (auth and version, as the library does)."""
+"""What the contenders share: pydantic v2 models and msgspec Structs of the same shape, a
+minimal Link parser, and the request headers every contender sends (auth and version, as the
+library does)."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
 
+import msgspec
+from msgspec import UNSET, UnsetType
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
-__all__ = ["PydLatLong", "PydLocation", "PydUser", "headers", "next_link", "pyd_users"]
+__all__ = [
+    "MsUser",
+    "PydLatLong",
+    "PydLocation",
+    "PydUser",
+    "headers",
+    "ms_users",
+    "next_link",
+    "pyd_users",
+]
 
 
 # --- pydantic v2 models: User / Location / LatLong, relations as plain URL strings ------------
@@ -48,6 +60,42 @@ class PydUser(BaseModel):
 
 
 pyd_users: TypeAdapter[list[PydUser]] = TypeAdapter(list[PydUser])
+
+
+# --- msgspec Structs: the compiled ceiling (a Struct is not an attrs class: not our public type)
+
+
+class MsLatLong(msgspec.Struct, frozen=True):
+    latitude: float
+    longitude: float
+
+
+class MsLocation(msgspec.Struct, frozen=True):
+    address_1: str | UnsetType | None = UNSET
+    address_2: str | UnsetType | None = UNSET
+    postal_code: str | UnsetType | None = UNSET
+    country_code: str | UnsetType | None = UNSET
+    coordinates: MsLatLong | UnsetType | None = UNSET
+    tariff: str | UnsetType | None = UNSET
+    city: str | UnsetType | None = UNSET
+    state: str | UnsetType | None = UNSET
+    evse_site: str | UnsetType | None = UNSET
+    current_carbon_intensity_grams_per_kilowatt_hour: int | UnsetType | None = UNSET
+
+
+class MsUser(msgspec.Struct, frozen=True):
+    id: str
+    url: str
+    email: str | UnsetType = UNSET
+    full_name: str | UnsetType = UNSET
+    joined_at: datetime | UnsetType = UNSET
+    terms_consent_datetime: datetime | UnsetType | None = UNSET
+    default_location: MsLocation | UnsetType = UNSET
+    vehicles: tuple[str, ...] = ()
+    evses: tuple[str, ...] = ()
+
+
+ms_users = msgspec.json.Decoder(list[MsUser])
 
 
 # --- RFC 8288 Link, minimally but correctly ----------------------------------------------------

@@ -8,6 +8,9 @@ by page along ``Link: rel="next"``, and its consumer reads ``email`` and
 - evenergy_async:     ``client.users.list(page_size=...)`` yielding attrs models
 - httpx + pydantic:   httpx.AsyncClient + ``TypeAdapter(list[User]).validate_json``
 - aiohttp + pydantic: raw aiohttp + ``TypeAdapter(list[User]).validate_json``
+- aiohttp + msgspec Structs: raw aiohttp + ``msgspec.json.Decoder(list[User])`` into
+                      ``msgspec.Struct`` classes, relations as plain strings: the compiled
+                      ceiling (Structs are not the public attrs models)
 
 Each measurement opens its own session/client (included in the time) on a fresh event loop.
 
@@ -27,7 +30,7 @@ import aiohttp
 import httpx
 import orjson
 from _harness import print_table, run_rounds_multi
-from _peers import headers, next_link, pyd_users
+from _peers import headers, ms_users, next_link, pyd_users
 from _server import ServerInfo, fake_server
 
 import evenergy_async as ev
@@ -104,6 +107,25 @@ async def aiohttp_pydantic(server: ServerInfo, users: int, page_size: int) -> in
     return count
 
 
+async def aiohttp_structs(server: ServerInfo, users: int, page_size: int) -> int:
+    count = 0
+    email = tariff = None
+    url: str | None = f"{server.base_url}/users?page_size={page_size}"
+    async with aiohttp.ClientSession(headers=headers(server.token)) as session:
+        while url is not None:
+            async with session.get(url) as resp:
+                resp.raise_for_status()
+                body = await resp.read()
+                link = resp.headers.get("Link")
+            for u in ms_users.decode(body):
+                email = u.email
+                tariff = u.default_location.tariff  # type: ignore[union-attr]
+                count += 1
+            url = next_link(link)
+    assert isinstance(email, str) and tariff is not None
+    return count
+
+
 Stream = Callable[[ServerInfo, int, int], Coroutine[Any, Any, int]]
 
 CONTENDERS: dict[str, Stream] = {
@@ -111,6 +133,7 @@ CONTENDERS: dict[str, Stream] = {
     "evenergy_async (attrs)": ours,
     "httpx + pydantic v2": httpx_pydantic,
     "aiohttp + pydantic v2": aiohttp_pydantic,
+    "aiohttp + msgspec Structs (ceiling)": aiohttp_structs,
 }
 FLOOR = "floor: aiohttp + orjson dicts"
 

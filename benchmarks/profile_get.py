@@ -7,7 +7,8 @@ Same workload as bench_get.py (64 concurrent workers, same ids), client CPU µs 
 - raw aiohttp, headers passed per request and a URL object built with ``/`` (as the client does)
 - evenergy_async ``users.get``
 - evenergy_async with a no-op rate limiter (``limiter=``): what the limiter costs
-- evenergy_async with decoding swapped for the orjson dict: what decoding a User costs
+- evenergy_async with decoding swapped for plain dicts (msgspec.json.decode): what decoding
+  a User costs
 
 With ``--steps``, the library's own synchronous steps of one get are timed one by one
 (no network; best of 5 with timeit), on a real response of the fake.
@@ -26,6 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
+import msgspec
 import orjson
 from _harness import print_table, run_rounds_multi
 from _peers import headers
@@ -92,7 +94,7 @@ async def ours_no_limiter(server: ServerInfo, ids: list[str], concurrency: int) 
 @contextlib.contextmanager
 def dict_decode() -> Iterator[None]:
     original = _base.decode
-    _base.decode = lambda data, cls, client: (data, [])  # type: ignore[assignment]
+    _base.decode = lambda body, cls, client: (msgspec.json.decode(body), [])  # type: ignore[assignment]
     try:
         yield
     finally:
@@ -123,14 +125,13 @@ def steps(server: ServerInfo, user_id: str) -> None:
     from evenergy_async import _convert, _sansio, _validate
     from evenergy_async._ratelimit import WindowState
     from evenergy_async._session import Response, merge_params
-    from evenergy_async.models import RateLimit, User
+    from evenergy_async.models import User
 
     response_headers, body, url = asyncio.run(_one_response(server, user_id))
     client = ev.Client(token=server.token, base_url=server.base_url)
     users = client.users
     session = client._session
-    data = _sansio.decode_json(body)
-    rate = RateLimit.from_headers(response_headers, time.time())
+    rate = _sansio.rate_limit_from_headers(response_headers, time.time())
     state = WindowState(3600.0)
     state.on_response(state.try_acquire(0.0), 0.0, rate, 200)  # learn the budget
     for _ in range(63):  # 63 others in flight, as with 64 workers
@@ -149,11 +150,14 @@ def steps(server: ServerInfo, user_id: str) -> None:
         ("Session.check_origin", lambda: session.check_origin(user_url, "request to")),
         ("request_headers", lambda: _sansio.request_headers(server.token, None)),
         ("limiter state: try_acquire + on_response (64 in flight)", limiter_round),
-        ("RateLimit.from_headers", lambda: RateLimit.from_headers(response_headers, 0.0)),
+        ("rate_limit_from_headers", lambda: _sansio.rate_limit_from_headers(response_headers, 0.0)),
         ("Response(...) (attrs frozen)", lambda: Response(200, response_headers, body, url)),
-        ("decode_json (orjson.loads)", lambda: _sansio.decode_json(body)),
-        ("_convert.decode(data, User, client)", lambda: _convert.decode(data, User, client)),
-        ("client._remember([])", lambda: client._remember([])),
+        ("decode_json (msgspec, to dicts)", lambda: _sansio.decode_json(body)),
+        (
+            "_convert.decode(body, User, client._ctx)",
+            lambda: _convert.decode(body, User, client._ctx),
+        ),
+        ("context.remember([])", lambda: client._ctx.remember([])),
     ]
     print("\n### Synchronous steps of one `users.get` (µs per call, best of 5)\n")
     print("| step | µs |")

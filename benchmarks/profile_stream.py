@@ -4,8 +4,8 @@ Variants, alternated in rounds like the benchmarks (µs per user, lower is bette
 
 - floor:                   raw aiohttp + orjson dicts (as in bench_stream.py)
 - evenergy_async:          ``client.users.list()`` (as in bench_stream.py)
-- evenergy_async, no decode: the same with ``decode_list`` swapped for one that hands back
-                           the orjson dicts: what the session, limiter, Link handling and
+- evenergy_async, no decode: the same with ``Codec.decode_list`` swapped for one that hands
+                           back plain dicts: what the session, limiter, Link handling and
                            async generators cost on their own
 - ... gc off:              floor and client with the cyclic garbage collector disabled
 
@@ -36,8 +36,7 @@ from _server import ServerInfo, fake_server
 from bench_decode import fetch_bodies
 from bench_stream import floor, ours
 
-from evenergy_async import User
-from evenergy_async.resources import _base
+from evenergy_async import User, _convert
 
 
 class GCClock:
@@ -64,13 +63,15 @@ class GCClock:
 
 @contextlib.contextmanager
 def no_decode() -> Iterator[None]:
-    """Make the client hand back the orjson dicts instead of models."""
-    original = _base.decode_list
-    _base.decode_list = lambda data, cls, client: (data, [])  # type: ignore[assignment]
+    """Make the client hand back plain dicts (msgspec.json.decode) instead of models."""
+    import msgspec
+
+    original = _convert.Codec.decode_list
+    _convert.Codec.decode_list = lambda self, body, cls: (msgspec.json.decode(body), [])  # type: ignore[method-assign]
     try:
         yield
     finally:
-        _base.decode_list = original
+        _convert.Codec.decode_list = original  # type: ignore[method-assign]
 
 
 async def ours_dicts(server: ServerInfo, users: int, page_size: int) -> int:
@@ -117,69 +118,35 @@ def per_user(stream: Any, server: ServerInfo, users: int, page_size: int, gc_on:
 
 
 def decode_breakdown(bodies: list[bytes], repeat: int) -> None:
-    """µs per user of each step of the hand-written User decoder (private functions; steps
-    missing from the library are skipped)."""
-    from evenergy_async import _convert as c
+    """µs per user of decoding a page, and of what it is made of."""
+    import msgspec
+    from _peers import ms_users
 
-    data = [u for b in bodies for u in orjson.loads(b)]
-    n = len(data)
-    locations = [u.get("default_location") for u in data]
-    ctx = c._DecodeContext(None)
-    token = c._context.set(ctx)
+    from evenergy_async import _convert as c
+    from evenergy_async.refs import _MISSING, Ref
+
+    n = sum(len(orjson.loads(b)) for b in bodies)
+    codec = c.Codec(None)
+    const: Ref[Any] = Ref("https://x/v2/tariffs/t")
+    constant_refs = msgspec.json.Decoder(list[User], dec_hook=lambda tp, obj: const)
+    new_refs = msgspec.json.Decoder(list[User], dec_hook=lambda tp, obj: Ref(obj, _MISSING, None))
     steps: list[tuple[str, Callable[[], object]]] = [
         ("orjson.loads (whole pages)", lambda: [orjson.loads(b) for b in bodies]),
-        ("decode_list (after loads)", lambda: c.decode_list(data, User, None)),
-    ]
-    if hasattr(c, "_user"):
-        steps.append(("  _user", lambda: [c._user(u, ctx) for u in data]))
-    if hasattr(c, "_location"):
-        steps.append(("    _location", lambda: [c._location(loc, ctx) for loc in locations]))
-    if hasattr(c, "_lat_long"):
-        coords = [loc["coordinates"] for loc in locations if loc.get("coordinates")]
-        steps.append(("      _lat_long", lambda: [c._lat_long(x) for x in coords]))
-    if hasattr(c, "_ref"):
-        tariffs = [loc["tariff"] for loc in locations if isinstance(loc.get("tariff"), str)]
-        steps.append(("      _ref (tariff)", lambda: [c._ref(x, None, ctx) for x in tariffs]))
-    if hasattr(c, "_ref_tuple"):
-        lists = [(u.get("vehicles"), u.get("evses")) for u in data]
-        steps.append(
-            (
-                "    _ref_tuple (vehicles, evses)",
-                lambda: [
-                    (v and c._ref_tuple(v, ctx), e and c._ref_tuple(e, ctx)) for v, e in lists
-                ],
-            )
-        )
-    if hasattr(c, "_datetime"):
-        stamps = [(u.get("joined_at"), u.get("terms_consent_datetime")) for u in data]
-        steps.append(
-            (
-                "    _datetime ×2",
-                lambda: [(c._datetime(j), t and c._datetime(t)) for j, t in stamps],
-            )
-        )
-    users = c.decode_list(data, User, None)[0]
-    u0 = users[0]
-    fields = {name: getattr(u0, name) for name in User.__slots__ if not name.startswith("__")}
-    steps.append(("    User.__init__ (attrs frozen)", lambda: [User(**fields) for _ in data]))
-    loc0 = u0.default_location
-    loc_fields = {name: getattr(loc0, name) for name in type(loc0).__slots__ if name[:2] != "__"}
-    location_cls = type(loc0)
-    steps.append(
+        ("msgspec.json.decode to dicts", lambda: [msgspec.json.decode(b) for b in bodies]),
+        ("msgspec Structs, relations as str", lambda: [ms_users.decode(b) for b in bodies]),
+        ("attrs models, one constant Ref", lambda: [constant_refs.decode(b) for b in bodies]),
+        ("attrs models, a new Ref per relation", lambda: [new_refs.decode(b) for b in bodies]),
         (
-            "      Location.__init__ (attrs frozen)",
-            lambda: [location_cls(**loc_fields) for _ in data],
-        )
-    )
-    print(f"\n### Decode steps, µs per user ({n:,} users, gc off, best of 5 × {repeat})\n")
+            "Codec.decode_list (one Ref per URL)",
+            lambda: [codec.decode_list(b, User) for b in bodies],
+        ),
+    ]
+    print(f"\n### Decode steps, µs per user ({n:,} users, best of 5 × {repeat})\n")
     print("| step | µs/user |")
     print("|---|---:|")
-    try:
-        for label, fn in steps:
-            best = min(timeit.repeat(fn, number=repeat, repeat=5)) / repeat / n * 1e6
-            print(f"| {label} | {best:.2f} |")
-    finally:
-        c._context.reset(token)
+    for label, fn in steps:
+        best = min(timeit.repeat(fn, number=repeat, repeat=5)) / repeat / n * 1e6
+        print(f"| {label} | {best:.2f} |")
 
 
 def main() -> None:

@@ -60,11 +60,25 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     # The rate budget and request economy: fixed scenarios, the same in --quick.
     "ratelimit": ("bench_ratelimit.py", [], []),
     "refs": ("bench_refs.py", [], []),
+    "sync": (
+        "bench_sync.py",
+        ["--users", "20000", "--records", "5000", "--rounds", "3"],
+        ["--users", "2000", "--records", "500", "--rounds", "1"],
+    ),
 }
 
 
 def versions() -> str:
-    names = ["evenergy-async", "aiohttp", "orjson", "attrs", "cattrs", "httpx", "pydantic"]
+    names = [
+        "evenergy-async",
+        "aiohttp",
+        "msgspec",
+        "orjson",
+        "attrs",
+        "cattrs",
+        "httpx",
+        "pydantic",
+    ]
     found = []
     for name in names:
         try:

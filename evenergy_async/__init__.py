@@ -18,24 +18,28 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._auth import ClientCredentials
     from ._ratelimit import LimiterStats, RateLimiter, RateLimiterProtocol
-    from ._redis import BudgetSnapshot, RateLimiterUnavailable, RedisRateLimiter
+    from ._redis import BudgetSnapshot, RedisRateLimiter
     from .client import DEFAULT_BASE_URL, Client
     from .errors import (
         APIError,
         BadRequest,
+        ClientClosed,
         Conflict,
         EvEnergyError,
         Forbidden,
         InvalidRequest,
         InvalidResponse,
         NotFound,
+        OutcomeUnknown,
         RateLimited,
+        RateLimiterUnavailable,
         ServerError,
         TransportError,
         Unauthorized,
     )
     from .models import (
         UNSET,
+        ClientStats,
         EVSESite,
         LatLong,
         Location,
@@ -43,9 +47,12 @@ if TYPE_CHECKING:
         Price,
         RateLimit,
         Supplier,
+        SyncOutcome,
         Tariff,
+        TariffPath,
         UnsetType,
         User,
+        UserPath,
     )
     from .refs import Ref
 
@@ -57,7 +64,6 @@ _HOMES = {
     "RateLimiter": "._ratelimit",
     "RateLimiterProtocol": "._ratelimit",
     "RedisRateLimiter": "._redis",
-    "RateLimiterUnavailable": "._redis",
     "BudgetSnapshot": "._redis",
     "DEFAULT_BASE_URL": ".client",
     "Client": ".client",
@@ -65,13 +71,16 @@ _HOMES = {
         (
             "APIError",
             "BadRequest",
+            "ClientClosed",
             "Conflict",
             "EvEnergyError",
             "Forbidden",
             "InvalidRequest",
             "InvalidResponse",
             "NotFound",
+            "OutcomeUnknown",
             "RateLimited",
+            "RateLimiterUnavailable",
             "ServerError",
             "TransportError",
             "Unauthorized",
@@ -81,6 +90,7 @@ _HOMES = {
     **dict.fromkeys(
         (
             "UNSET",
+            "ClientStats",
             "EVSESite",
             "LatLong",
             "Location",
@@ -88,9 +98,12 @@ _HOMES = {
             "Price",
             "RateLimit",
             "Supplier",
+            "SyncOutcome",
             "Tariff",
+            "TariffPath",
             "UnsetType",
             "User",
+            "UserPath",
         ),
         ".models",
     ),
@@ -104,7 +117,9 @@ __all__ = [
     "BadRequest",
     "BudgetSnapshot",
     "Client",
+    "ClientClosed",
     "ClientCredentials",
+    "ClientStats",
     "Conflict",
     "EVSESite",
     "EvEnergyError",
@@ -115,6 +130,7 @@ __all__ = [
     "LimiterStats",
     "Location",
     "NotFound",
+    "OutcomeUnknown",
     "Page",
     "Price",
     "RateLimit",
@@ -126,11 +142,14 @@ __all__ = [
     "Ref",
     "ServerError",
     "Supplier",
+    "SyncOutcome",
     "Tariff",
+    "TariffPath",
     "TransportError",
     "Unauthorized",
     "UnsetType",
     "User",
+    "UserPath",
 ]
 
 

@@ -5,25 +5,49 @@ URL with HTTP Basic client authentication; the answer's ``expires_in`` (36000 s 
 ev.energy) says when to fetch again.  One fetch at a time: concurrent callers share it, a
 cancelled caller does not cancel it for the others, and a failed fetch is not remembered.
 
-Secrets never appear in a repr, a log line or an exception message.
+The token endpoint's answers: 200 with a token (anything but a plain header-safe token is
+`InvalidResponse`); 5xx is `ServerError` and no answer `TransportError`, both retried by the
+session like any request; any other status is `Unauthorized`.
+
+Secrets never appear in a repr, a log line, an exception message or an exception's
+cause/context chain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
-import orjson
+import msgspec
 
-from .errors import InvalidRequest, InvalidResponse, TransportError, Unauthorized
+from ._policy import SendError
+from .errors import (
+    EvEnergyError,
+    InvalidRequest,
+    InvalidResponse,
+    ServerError,
+    TransportError,
+    Unauthorized,
+)
 
 __all__ = ["ClientCredentials", "CredentialsAuth", "StaticToken", "TokenSource"]
 
-# (url, form fields, headers) -> (status, body)
-PostForm = Callable[[str, dict[str, str], dict[str, str]], Awaitable[tuple[int, bytes]]]
+# (url, form fields, headers) -> (status, response headers, body); raises SendError
+PostForm = Callable[
+    [str, dict[str, str], dict[str, str]], Awaitable[tuple[int, Mapping[str, str], bytes]]
+]
+
+# What may follow "Bearer " in a header: visible ASCII, no space (RFC 6750's b64token and
+# the opaque tokens servers hand out in practice); above all no CR, LF or NUL.
+_TOKEN = re.compile(r"[\x21-\x7e]{1,8192}")
+
+
+def is_header_safe_token(token: object) -> bool:
+    return isinstance(token, str) and _TOKEN.fullmatch(token) is not None
 
 
 @attrs.frozen(repr=False)
@@ -46,11 +70,20 @@ class TokenSource(Protocol):
         """Forget `token` after a 401; True if a fresh one can be fetched."""
         ...
 
+    def cancel(self) -> None:
+        """Stop a fetch in flight (the client is closing)."""
+        ...
+
 
 class StaticToken:
     def __init__(self, token: str) -> None:
         if not isinstance(token, str) or not token.strip():
             raise InvalidRequest("token", "expected a non-empty string")
+        if not is_header_safe_token(token):
+            # The message leaves the token out: it is a secret, however malformed.
+            raise InvalidRequest(
+                "token", "expected visible ASCII characters only (no spaces, CR or LF)"
+            )
         self._token = token
 
     async def token(self) -> str:
@@ -58,6 +91,9 @@ class StaticToken:
 
     def invalidate(self, token: str) -> bool:
         return False
+
+    def cancel(self) -> None:
+        pass
 
     def __repr__(self) -> str:
         return "StaticToken('***')"
@@ -97,6 +133,10 @@ class CredentialsAuth:
         if not future.cancelled():
             future.exception()  # retrieved here, so an unawaited failure is not logged as lost
 
+    def cancel(self) -> None:
+        if self._fetch is not None:
+            self._fetch.cancel()
+
     def invalidate(self, token: str) -> bool:
         if token == self._token:
             self._token = None
@@ -110,20 +150,35 @@ class CredentialsAuth:
             form["scope"] = creds.scope
         self.fetches += 1
         try:
-            status, body = await self._post_form(
+            status, headers, body = await self._post_form(
                 self._token_url, form, {"Authorization": f"Basic {basic}"}
             )
-        except TransportError as exc:
-            raise TransportError(f"token request to {self._token_url} failed: {exc}") from None
+        except SendError as exc:
+            failure: EvEnergyError = TransportError(
+                f"token request to {self._token_url} failed: {exc}"
+            )
+        else:
+            return self._accept(status, headers, body)
+        # Raised outside the handler, so nothing holding the Basic credentials is its context.
+        raise failure
+
+    def _accept(self, status: int, headers: Mapping[str, str], body: bytes) -> str:
         payload = _json_object(body)
+        if status >= 500:
+            raise ServerError(status, title="Token request failed", headers=headers)
         if status != 200:
             error = payload.get("error_description") or payload.get("error") or "refused"
-            raise Unauthorized(status, title="Token request refused", detail=str(error))
+            raise Unauthorized(status, title="Token request refused", detail=str(error)[:500])
         token = payload.get("access_token")
         lifetime = payload.get("expires_in", 36000)
-        if not isinstance(token, str) or not token:
-            raise InvalidResponse("token response without an access_token")
-        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
+        if not is_header_safe_token(token):
+            raise InvalidResponse("token response without a usable access_token")
+        assert isinstance(token, str)
+        if (
+            isinstance(lifetime, bool)
+            or not isinstance(lifetime, int | float)
+            or not 0 < lifetime < 10 * 365 * 86400
+        ):
             raise InvalidResponse(f"token response with a bad expires_in: {lifetime!r}")
         margin = min(self.refresh_margin, lifetime / 10)
         self._token = token
@@ -133,7 +188,7 @@ class CredentialsAuth:
 
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        payload = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
         return {}
     return payload if isinstance(payload, dict) else {}

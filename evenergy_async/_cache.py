@@ -17,16 +17,21 @@ class TTLCache:
         self.maxsize = maxsize
         self.ttl = ttl
         self._entries: collections.OrderedDict[str, tuple[float, Any]] = collections.OrderedDict()
+        self.hits = 0
+        self.misses = 0
 
     def get(self, key: str, now: float) -> Any:
         entry = self._entries.get(key)
         if entry is None:
+            self.misses += 1
             return MISSING
         expires, value = entry
         if now >= expires:
             del self._entries[key]
+            self.misses += 1
             return MISSING
         self._entries.move_to_end(key)
+        self.hits += 1
         return value
 
     def put(self, key: str, value: Any, now: float) -> None:

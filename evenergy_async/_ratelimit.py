@@ -49,7 +49,7 @@ from typing import Protocol
 
 import attrs
 
-from ._validate import check_seconds
+from ._seconds import check_seconds
 from .errors import RateLimited, TransportError
 from .models import RateLimit
 

@@ -76,8 +76,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._ratelimit import LimiterStats, clean_wait, probe_failed, too_long
-from ._validate import check_seconds
-from .errors import InvalidRequest, TransportError
+from ._seconds import check_seconds
+from .errors import InvalidRequest, RateLimiterUnavailable
 from .models import RateLimit
 
 if TYPE_CHECKING:
@@ -96,10 +96,6 @@ DEFAULT_PREFIX = "evenergy:ratelimit"
 WAITER_GRACE = 1.0
 # Local waiters whose estimated wait each acquire reports (the rest: their deadline only).
 MAX_ESTIMATES = 100
-
-
-class RateLimiterUnavailable(TransportError):
-    """The shared rate limiter's Redis could not be reached (or refused the command)."""
 
 
 def fingerprint(secret: str) -> str:

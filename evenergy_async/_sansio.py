@@ -13,10 +13,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
+import msgspec
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import APIError, InvalidResponse, RateLimited, status_error
+from .models import RateLimit
 
 API_VERSION = "2"
 USER_AGENT = "evenergy-async/0.1.0"
@@ -175,14 +176,34 @@ def retry_after(headers: Mapping[str, str], now: float) -> float | None:
     return parse_retry_after(value, now)
 
 
+def rate_limit_from_headers(headers: Mapping[str, str], now: float) -> RateLimit | None:
+    """The rate-limit snapshot in a response's headers, or None if it carries none.
+
+    `now` is seconds since the epoch (for an HTTP-date Retry-After).
+    """
+    limit = parse_count(headers.get("X-RateLimit-Limit"))
+    remaining = parse_count(headers.get("X-RateLimit-Remaining"))
+    wait = retry_after(headers, now)
+    if limit is None and remaining is None and wait is None:
+        return None
+    if limit is not None and remaining is not None and remaining > limit:
+        remaining = limit
+    return RateLimit(limit, remaining, wait)
+
+
 # --- bodies ----------------------------------------------------------------------------------
+
+
+_decode_json = msgspec.json.Decoder().decode
+encode_json = msgspec.json.Encoder().encode
+"""A request body as JSON bytes (None as null); `UNSET` fields of a model are left out."""
 
 
 def decode_json(body: bytes) -> Any:
     """The JSON document in a success body; InvalidResponse if it is not JSON."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        return _decode_json(body)
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise InvalidResponse(f"response body is not JSON: {exc}") from None
 
 
@@ -201,8 +222,8 @@ def error_from_response(
     problem: dict[str, Any] = {}
     if _media_type(headers) in JSON_CONTENT_TYPES:
         try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            parsed = _decode_json(body)
+        except (msgspec.DecodeError, RecursionError):
             parsed = None
         if isinstance(parsed, dict):
             problem = parsed

@@ -1,21 +1,18 @@
-"""Input checks and request bodies: what may be sent, decided before anything is sent.
+"""Input checks: ids, cursors, page sizes, expansions, emails, decided before anything is sent.
 
 Every refusal is an InvalidRequest naming the argument, raised before a request is built,
-so bad input costs no rate-limit budget and changes nothing on the server.
+so bad input costs no rate-limit budget and changes nothing on the server.  Request bodies
+are built (and checked) by `_bodies`.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
+from typing import get_args
 
-from ._convert import to_wire
-from ._countries import COUNTRY_CODES
 from .errors import InvalidRequest
-from .models import UNSET, LatLong, Location, UnsetType
-from .refs import Ref
+from .models import TariffPath, UserPath
 
 # The spec's id patterns: a 4-letter collection prefix and a 26-character ULID.
 _ID_BODY = r"[A-Z0-9]{26}"
@@ -26,15 +23,8 @@ EVSE_SITE_ID = re.compile(rf"site{_ID_BODY}")
 CURSOR = re.compile(rf"[a-z]{{4}}{_ID_BODY}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 
-USER_EXPANSIONS = frozenset(
-    {"default_location.tariff", "default_location.tariff.supplier", "default_location.evse_site"}
-)
-TARIFF_EXPANSIONS = frozenset({"supplier", "scheduler_tariff", "prices"})
-
-# Location fields whose non-null value brings in the spec's address rule, and the fields the
-# rule then requires (the Location schema's dependentSchemas).
-_ADDRESS_TRIGGERS = ("address_1", "address_2", "city", "state", "postal_code", "country_code")
-_ADDRESS_REQUIRED = ("address_1", "city", "postal_code", "country_code")
+USER_EXPANSIONS: frozenset[str] = frozenset(get_args(UserPath))
+TARIFF_EXPANSIONS: frozenset[str] = frozenset(get_args(TariffPath))
 
 
 def check_id(value: object, pattern: re.Pattern[str], field: str, *, me: bool = False) -> str:
@@ -76,19 +66,6 @@ def check_expand(value: object, allowed: frozenset[str], field: str = "expand") 
     return tuple(result)
 
 
-def check_seconds(value: object, field: str, *, zero_ok: bool = False) -> float:
-    """A finite number of seconds, above zero (or at least zero with `zero_ok`)."""
-    if (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (value >= 0 if zero_ok else value > 0)
-    ):
-        return float(value)
-    bound = ">= 0" if zero_ok else "> 0"
-    raise InvalidRequest(field, f"expected a number of seconds {bound}, got {value!r}")
-
-
 def check_email(value: object, field: str = "email") -> str:
     if not isinstance(value, str) or not _EMAIL.fullmatch(value):
         raise InvalidRequest(field, f"expected an email address, got {value!r}")
@@ -105,114 +82,3 @@ def check_text(value: object, field: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidRequest(field, f"expected a non-empty string, got {value!r}")
     return value
-
-
-def location_body(location: object, field: str = "default_location") -> dict[str, Any]:
-    """The wire form of a Location as sent: unset fields left out, nulls kept.
-
-    Checks the spec's address rule on the object as sent, the country code against the
-    spec's list, coordinates' ranges, and the types of every field.
-    """
-    if location is None:
-        raise InvalidRequest(field, "cannot be null (the API does not allow it); clear its fields")
-    if not isinstance(location, Location):
-        raise InvalidRequest(field, f"expected an ev.Location, got {type(location).__name__}")
-    for name in (*_ADDRESS_TRIGGERS, "state"):
-        value = getattr(location, name)
-        if not (value is UNSET or value is None or isinstance(value, str)):
-            raise InvalidRequest(f"{field}.{name}", f"expected a string or None, got {value!r}")
-    country = location.country_code
-    if isinstance(country, str) and country not in COUNTRY_CODES:
-        raise InvalidRequest(
-            f"{field}.country_code", f"not an ISO 3166-1 alpha-2 code: {country!r}"
-        )
-    _check_coordinates(location.coordinates, f"{field}.coordinates")
-    for name in ("tariff", "evse_site"):
-        _check_relation(getattr(location, name), f"{field}.{name}")
-    wire: dict[str, Any] = to_wire(location)
-    wire.pop("current_carbon_intensity_grams_per_kilowatt_hour", None)  # read-only
-    _check_address_rule(wire, field)
-    return wire
-
-
-def _check_coordinates(value: object, field: str) -> None:
-    if value is UNSET or value is None:
-        return
-    if not isinstance(value, LatLong):
-        raise InvalidRequest(field, f"expected an ev.LatLong or None, got {value!r}")
-    for name, bound in (("latitude", 90.0), ("longitude", 180.0)):
-        number = getattr(value, name)
-        if (
-            isinstance(number, bool)
-            or not isinstance(number, int | float)
-            or not math.isfinite(number)
-            or abs(number) > bound
-        ):
-            raise InvalidRequest(f"{field}.{name}", f"expected a number within ±{bound:g}")
-
-
-def _check_relation(value: object, field: str) -> None:
-    if value is UNSET or value is None or isinstance(value, Ref):
-        return
-    raise InvalidRequest(field, f"expected an ev.Ref or None, got {value!r}")
-
-
-def _check_address_rule(wire: Mapping[str, Any], field: str) -> None:
-    triggered = [k for k in (*_ADDRESS_TRIGGERS, "coordinates") if wire.get(k) is not None]
-    if not triggered:
-        return
-    missing = [k for k in _ADDRESS_REQUIRED if wire.get(k) is None]
-    if missing:
-        raise InvalidRequest(
-            field,
-            f"a partial address: {', '.join(triggered)} given, so "
-            f"{', '.join(_ADDRESS_REQUIRED)} must all be given (missing {', '.join(missing)})",
-        )
-
-
-# What `update(default_location=None)` sends: the API has no null location, so clearing the
-# location means clearing each of its writable fields.
-CLEARED_LOCATION = Location(
-    address_1=None,
-    address_2=None,
-    postal_code=None,
-    country_code=None,
-    coordinates=None,
-    tariff=None,
-    city=None,
-    state=None,
-    evse_site=None,
-)
-
-
-def user_body(
-    *,
-    email: str | UnsetType,
-    default_location: Location | UnsetType | None,
-    none_clears_location: bool = False,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    if email is not UNSET:
-        body["email"] = check_email(email)
-    if default_location is None and none_clears_location:
-        default_location = CLEARED_LOCATION
-    if default_location is not UNSET:
-        body["default_location"] = location_body(default_location)
-    return body
-
-
-def form_fields(body: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """A JSON body as form fields: nested keys dotted (as Django REST framework reads them),
-    null as an empty value."""
-    fields: list[tuple[str, str]] = []
-    for key, value in body.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            fields.extend(form_fields(value, f"{name}."))
-        elif value is None:
-            fields.append((name, ""))
-        elif isinstance(value, bool):
-            fields.append((name, "true" if value else "false"))
-        else:
-            fields.append((name, str(value)))
-    return fields

@@ -4,6 +4,7 @@
     evenergy users get ID [--expand PATH]
     evenergy users create --email E [--address-1 ... --country-code CC] [--tariff URL]
     evenergy users update ID [--email E] [address options] [--clear-address]
+    evenergy users sync FILE [--dry-run] [--concurrency N] [--shard K/N] [--redis URL]
     evenergy fake [--host H] [--port P] [--users N] [--tariffs N] [--rate-limit N] ...
 
 Credentials come from the environment: ``EVENERGY_TOKEN``, or ``EVENERGY_CLIENT_ID`` and
@@ -12,8 +13,11 @@ endpoint); ``EVENERGY_BASE_URL`` (default production) and ``EVENERGY_USER`` (act
 Every ``users`` command takes ``--fake`` to run against an in-process `FakeEvEnergy` instead.
 
 Users are printed in the API's JSON shape (see `to_api`), one object a line (JSON Lines).
-Exit status: 0 success, 1 an API or transport error, 2 a usage or input error, 130 interrupted.
-Errors are one line on stderr, ``evenergy: error: ...``; never a traceback for either kind.
+Exit status: 0 success, 1 an API or transport error (for ``sync``: some record failed), 2 a
+usage or input error, 130 interrupted (SIGINT), 143 terminated (SIGTERM); an interrupted export
+says which ``--page-after`` resumes it.  Errors are one line on stderr, ``evenergy: error: ...``;
+never a traceback for either kind.  The library's warnings (retries, long waits for rate-limit
+budget) are shown on stderr as ``evenergy: warning: ...``.
 """
 
 from __future__ import annotations
@@ -21,22 +25,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, NoReturn
 
 import attrs
-import orjson
+import msgspec
 
-from . import _validate
+from . import _sync, _validate
 from ._convert import to_api
+from ._ratelimit import RateLimiterProtocol
 from .client import DEFAULT_BASE_URL, Client
 from .errors import EvEnergyError, InvalidRequest
-from .models import UNSET, LatLong, Location, UnsetType, User
+from .models import UNSET, LatLong, Location, SyncOutcome, UnsetType, User, UserPath
 from .refs import Ref
 
 __all__ = ["main", "to_api"]
@@ -49,7 +56,7 @@ _ADDRESS_FIELDS = ("address_1", "address_2", "city", "state", "postal_code", "co
 
 
 def _dumps_line(data: Any) -> bytes:
-    return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+    return msgspec.json.encode(data) + b"\n"
 
 
 # --- errors and argument parsing -------------------------------------------------------------
@@ -99,6 +106,18 @@ def _real(minimum: float | None = None, *, strict: bool = False) -> Callable[[st
     return parse
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """An argparse type: ``K/N``, shard K (from 0) of N."""
+    k, slash, n = text.partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = (-1, 0)
+    if not slash or not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N, got {text!r}")
+    return shard
+
+
 _positive_int = _whole(1)
 _count = _whole(0)
 _port = _whole(0, 65535)
@@ -107,9 +126,10 @@ _wait = _real(0)
 _number = _real()
 
 
-def _paths(values: Sequence[str] | None) -> tuple[str, ...]:
-    """Repeated ``--expand a --expand b`` and ``--expand a,b`` alike."""
-    result: list[str] = []
+def _paths(values: Sequence[str] | None) -> tuple[UserPath, ...]:
+    """Repeated ``--expand a --expand b`` and ``--expand a,b`` alike (the client refuses an
+    unknown path with InvalidRequest)."""
+    result: list[Any] = []
     for value in values or ():
         result.extend(part.strip() for part in value.split(",") if part.strip())
     return tuple(result)
@@ -205,6 +225,46 @@ def _build_parser() -> _Parser:
     update.add_argument("--clear-tariff", action="store_true", help="set the tariff to null")
     _expand_option(update)
 
+    sync = user_commands.add_parser(
+        "sync",
+        parents=[common],
+        help="make the server's users match a JSON Lines file",
+        description="Make the server's users match FILE (JSON Lines in the shape `users export` "
+        "writes; '-' reads stdin): users found by id (else by email) are updated where they "
+        "differ, users not found are created. One JSON line per record on stdout; the plan, "
+        "progress and a summary on stderr. Safe to run again after an interruption. "
+        "Exit status 1 when some record failed.",
+    )
+    sync.add_argument("file", metavar="FILE", help="JSON Lines file of users, '-' for stdin")
+    sync.add_argument(
+        "--dry-run", action="store_true", help="write nothing; print what a run would do"
+    )
+    sync.add_argument(
+        "--concurrency",
+        type=_whole(1, 1000),
+        default=8,
+        metavar="N",
+        help="records in flight at once (%(default)s)",
+    )
+    sync.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="only the records whose key hashes to shard K of N (run N processes, K = 0..N-1)",
+    )
+    sync.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share one rate-limit budget through Redis (e.g. between --shard processes)",
+    )
+    sync.add_argument(
+        "--lookup",
+        choices=("auto", "list", "each"),
+        default="auto",
+        help="find users by listing them all, one request per record, or whichever is cheaper "
+        "(%(default)s)",
+    )
+
     fake = commands.add_parser(
         "fake",
         help="serve a fake of the API until interrupted",
@@ -283,7 +343,9 @@ class _Target:
 
 
 @contextlib.asynccontextmanager
-async def _connect(args: argparse.Namespace, options: Options) -> AsyncIterator[_Target]:
+async def _connect(
+    args: argparse.Namespace, options: Options, limiter: RateLimiterProtocol | None = None
+) -> AsyncIterator[_Target]:
     """A client on the API (`options` for `Client`), or with ``--fake`` on a fresh fake.
 
     The fake is seeded, so ``--fake-seed`` gives the same users run after run; the environment's
@@ -300,11 +362,14 @@ async def _connect(args: argparse.Namespace, options: Options) -> AsyncIterator[
                 token=fake.token,
                 base_url=fake.base_url,
                 max_rate_limit_wait=args.max_rate_limit_wait,
+                limiter=limiter,
             ) as client,
         ):
             yield _Target(client, args.fake_users)
         return
-    async with Client(**options, max_rate_limit_wait=args.max_rate_limit_wait) as client:
+    async with Client(
+        **options, max_rate_limit_wait=args.max_rate_limit_wait, limiter=limiter
+    ) as client:
         yield _Target(client)
 
 
@@ -388,6 +453,10 @@ class _Progress:
         self._shown = -math.inf
         self._width = 0
 
+    @property
+    def shown(self) -> bool:
+        return self._width > 0
+
     def update(self, *, final: bool = False) -> None:
         now = self._clock()
         if not final and now - self._shown < self.interval:
@@ -409,20 +478,73 @@ class _Progress:
         done = self.done
         pages = math.ceil(done / self._page_size)
         parts = [_plural(done, "user"), _plural(pages, "page")]
-        rate = self._client.rate_limit
-        if rate is not None and rate.remaining is not None:
-            budget = f"{rate.remaining:,}"
-            if rate.limit is not None:
-                budget += f"/{rate.limit:,}"
-            parts.append(f"rate-limit budget {budget}")
-            if rate.remaining == 0:
-                parts.append("waiting for budget")
+        waiting = _budget_parts(self._client, parts)
         speed = done / elapsed if elapsed > 0 else 0.0
         parts.append(f"{speed:,.0f} users/s")
-        if self._total is not None and speed > 0 and done < self._total:
+        # While waiting for budget, the rate so far says nothing of when the rest comes.
+        if not waiting and self._total is not None and speed > 0 and done < self._total:
             parts.append(f"ETA {_duration((self._total - done) / speed)}")
         parts.append(f"{_duration(elapsed)} elapsed")
         return ", ".join(parts)
+
+
+def _budget_parts(client: Client, parts: list[str]) -> bool:
+    """Add the rate-limit budget to a progress line; True while the budget is spent."""
+    rate = client.rate_limit
+    if rate is None or rate.remaining is None:
+        return False
+    budget = f"{rate.remaining:,}"
+    if rate.limit is not None:
+        budget += f"/{rate.limit:,}"
+    parts.append(f"rate-limit budget {budget}")
+    if rate.remaining > 0:
+        return False
+    wait = _next_budget_in(client)
+    parts.append("waiting for budget" + ("" if wait is None else f", next in {_duration(wait)}"))
+    return True
+
+
+def _next_budget_in(client: Client) -> float | None:
+    """Seconds until the limiter may let the next request go, when it can tell."""
+    state = getattr(getattr(client, "limiter", None), "state", None)
+    next_change = getattr(state, "next_change", None)
+    if callable(next_change):
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:
+            now = None
+        when = next_change(now) if now is not None else None
+        if isinstance(when, int | float):
+            return max(0.0, when - now)  # type: ignore[operator]
+    rate = client.rate_limit
+    return rate.retry_after if rate is not None else None
+
+
+class _WaitReporter:
+    """Without a terminal there is no progress line: a wait for rate-limit budget longer than
+    `after` seconds is told on stderr instead, once per wait."""
+
+    def __init__(self, stream: IO[str], client: Client, after: float = 5.0) -> None:
+        self._stream = stream
+        self._client = client
+        self._after = after
+
+    async def run(self) -> None:
+        waited = 0.0
+        told = False
+        while True:
+            await asyncio.sleep(1.0)
+            rate = self._client.rate_limit
+            if rate is None or rate.remaining != 0:
+                waited, told = 0.0, False
+                continue
+            waited += 1.0
+            if waited >= self._after and not told:
+                told = True
+                wait = _next_budget_in(self._client)
+                then = "" if wait is None else f"; the next request may go in {_duration(wait)}"
+                self._stream.write(f"{PROG}: waiting for rate-limit budget{then}\n")
+                self._stream.flush()
 
 
 def _duration(seconds: float) -> str:
@@ -455,10 +577,14 @@ async def _export(args: argparse.Namespace, options: Options, out: _Output) -> i
             total = target.total if args.email is None and args.page_after is None else None
             progress = _Progress(sys.stderr, client, args.page_size, total)
             ticker = asyncio.ensure_future(progress.run())
+        else:
+            ticker = asyncio.ensure_future(_WaitReporter(sys.stderr, client).run())
         done = 0
+        last_id = args.page_after
         try:
             async for user in users:
-                out.write(_dumps_line(to_api(user)))
+                out.write(_dumps_line(to_api(user)))  # whole lines only, so a cut leaves none half
+                last_id = user.id
                 done += 1
                 if done % args.page_size == 0:
                     out.flush()  # a page at a time, for a reader downstream
@@ -466,10 +592,15 @@ async def _export(args: argparse.Namespace, options: Options, out: _Output) -> i
                     progress.done = done
                     progress.update()
             out.flush()
+        except asyncio.CancelledError:
+            out.flush()
+            hint = f"resume with --page-after {last_id}" if last_id else "nothing written yet"
+            raise _Interrupted(hint) from None
         finally:
             await users.aclose()  # now, while the connection it holds can still be closed cleanly
-            if ticker is not None and progress is not None:
+            if ticker is not None:
                 ticker.cancel()
+            if progress is not None:
                 progress.update(final=True)
     return 0
 
@@ -500,6 +631,204 @@ async def _update(args: argparse.Namespace, options: Options, out: _Output) -> i
         )
         _print_user(out, user)
     return 0
+
+
+# --- users sync ----------------------------------------------------------------------------
+
+
+class _RecordReader:
+    """The records of a JSON Lines file, one a line (blank lines skipped), read as needed.
+
+    A line that is not JSON is reported at once as a failed outcome (by the shard its line
+    number falls in, like any record without a key) and is not passed on; `line_of` maps a
+    record's index back to its line number.
+    """
+
+    def __init__(
+        self, stream: IO[bytes], out: _Output, counts: Counter[str], shard: tuple[int, int] | None
+    ) -> None:
+        self._stream = stream
+        self._out = out
+        self._counts = counts
+        self._shard = shard
+        self._lines: list[int] = []
+        self.unreadable = 0  # lines of this shard that were not JSON
+
+    def records(self) -> Iterator[Any]:
+        for number, raw in enumerate(self._stream, 1):
+            if not raw.strip():
+                continue
+            try:
+                record = msgspec.json.decode(raw)
+            except (msgspec.DecodeError, RecursionError) as exc:
+                index = len(self._lines)
+                if self._shard is None or index % self._shard[1] == self._shard[0]:
+                    error = InvalidRequest("record", f"not JSON: {exc}")
+                    self.unreadable += 1
+                    self._counts["failed"] += 1
+                    self._out.write(
+                        _dumps_line(_outcome_line(_sync.failed(-1, None, error), number))
+                    )
+                continue
+            self._lines.append(number)
+            yield record
+
+    def line_of(self, index: int) -> int | None:
+        return self._lines[index] if 0 <= index < len(self._lines) else None
+
+    @property
+    def count(self) -> int:
+        return len(self._lines)
+
+
+def _outcome_line(outcome: SyncOutcome, line: int | None) -> dict[str, Any]:
+    return {
+        "line": line,
+        "email": outcome.email,
+        "action": outcome.action,
+        "id": outcome.id,
+        "changed": list(outcome.changed),
+        "error": None
+        if outcome.error is None
+        else str(outcome.error) or type(outcome.error).__name__,
+    }
+
+
+class _SyncProgress(_Progress):
+    """The progress line of `users sync`: records done by action, and the budget."""
+
+    def __init__(self, stream: IO[str], client: Client, counts: Counter[str]) -> None:
+        super().__init__(stream, client, page_size=100, total=None)
+        self._counts = counts
+
+    def line(self, elapsed: float) -> str:
+        counts = self._counts
+        parts = [
+            f"{_plural(sum(counts.values()), 'record')} done: "
+            + ", ".join(f"{counts[a]:,} {a}" for a in _ACTIONS)
+        ]
+        _budget_parts(self._client, parts)
+        parts.append(f"{_duration(elapsed)} elapsed")
+        return ", ".join(parts)
+
+
+_ACTIONS = ("created", "updated", "unchanged", "failed")
+
+
+def _plan_text(plan: _sync.SyncPlan, client: Client, unreadable: int = 0) -> str:
+    """The plan as told before the first write: what the look-up costs, and how long that
+    takes at the rate limit the server reported.  `unreadable`: lines that were not JSON."""
+    text = f"plan: {_plural(plan.to_match, 'record')} to match"
+    refused = plan.refused + unreadable
+    if refused:
+        text += f" ({refused:,} refused)"
+    if plan.lookup == "each":
+        text += f"; look-up: one request per record, {plan.to_match:,} requests"
+    elif plan.lookup == "list":
+        text += "; look-up: one listing of every user, one request per 100 users"
+    else:
+        text += (
+            "; look-up: listing every user, 100 a request, while that costs less than one "
+            f"request per record, then one per record left: at most {plan.max_lookup_requests:,}"
+            " requests"
+        )
+    rate = client.rate_limit
+    bound = plan.max_lookup_requests
+    if rate is not None and rate.limit is not None and rate.remaining is not None:
+        window = client.limiter.window
+        text += f"; rate limit {rate.remaining:,} of {rate.limit:,} left per {_duration(window)}"
+        if bound is not None:
+            wait = _sync.budget_wait(bound, rate.remaining, rate.limit, window)
+            text += (
+                ", so the look-up fits in the budget left"
+                if wait == 0
+                else f", so the look-up may wait up to {_duration(wait)} for budget"
+            )
+    text += "; then only what differs is written" if not plan.dry_run else "; dry run: no writes"
+    return text
+
+
+async def _sync_users(args: argparse.Namespace, options: Options, out: _Output) -> int:
+    limiter: RateLimiterProtocol | None = None
+    if args.redis:
+        from ._redis import RedisRateLimiter
+
+        limiter = RedisRateLimiter(args.redis)
+    counts: Counter[str] = Counter()
+    reader = _RecordReader(args.input, out, counts, args.shard)
+    async with _connect(args, options, limiter) as target:
+        await _run_sync(args, target.client, reader, out, counts)
+    return 1 if counts["failed"] else 0
+
+
+async def _run_sync(
+    args: argparse.Namespace,
+    client: Client,
+    reader: _RecordReader,
+    out: _Output,
+    counts: Counter[str],
+) -> None:
+    def on_plan(plan: _sync.SyncPlan) -> None:
+        _tell(_plan_text(plan, client, reader.unreadable), progress)
+
+    progress: _SyncProgress | None = None
+    if _isatty(sys.stderr):
+        progress = _SyncProgress(sys.stderr, client, counts)
+        ticker = asyncio.ensure_future(progress.run())
+    else:
+        ticker = asyncio.ensure_future(_WaitReporter(sys.stderr, client).run())
+    outcomes = client.users.sync(
+        reader.records(),
+        dry_run=args.dry_run,
+        concurrency=args.concurrency,
+        shard=args.shard,
+        lookup=args.lookup,
+        on_plan=on_plan,
+    )
+    interrupted = False
+    try:
+        async for outcome in outcomes:
+            counts[outcome.action] += 1
+            out.write(_dumps_line(_outcome_line(outcome, reader.line_of(outcome.index))))
+            out.flush()  # a line per record done, as it is done
+            if progress is not None:
+                progress.update()
+    except asyncio.CancelledError:
+        interrupted = True
+    finally:
+        await outcomes.aclose()  # cancels the writes in flight, while the client is open
+        ticker.cancel()
+        if progress is not None:
+            progress.update(final=True)
+        _tell(_summary(counts, client, args.dry_run, interrupted), None)
+    if interrupted:
+        raise _Interrupted("running the same sync again finishes it")
+
+
+def _summary(counts: Counter[str], client: Client, dry_run: bool, interrupted: bool) -> str:
+    done = sum(counts.values())
+    text = f"{_plural(done, 'record')}: " + ", ".join(f"{counts[a]:,} {a}" for a in _ACTIONS)
+    stats = client.stats
+    text += f"; {_plural(stats.requests, 'request')}"
+    if stats.retries:
+        text += f" ({stats.retries:,} {'retry' if stats.retries == 1 else 'retries'})"
+    rate = client.rate_limit
+    if rate is not None and rate.remaining is not None:
+        left = f"{rate.remaining:,}" + (f"/{rate.limit:,}" if rate.limit is not None else "")
+        text += f"; rate-limit budget left {left}"
+    if dry_run:
+        text += " (dry run: nothing written)"
+    if interrupted:
+        text += " (interrupted)"
+    return text
+
+
+def _tell(message: str, progress: _Progress | None) -> None:
+    """A line on stderr, below the progress line if one is shown."""
+    sys.stderr.write(
+        ("\n" if progress is not None and progress.shown else "") + f"{PROG}: {message}\n"
+    )
+    sys.stderr.flush()
 
 
 def _print_user(out: _Output, user: User) -> None:
@@ -554,6 +883,74 @@ class _Failure(Exception):
     """A failure outside the library (the fake's port in use): exit status 1."""
 
 
+class _Interrupted(Exception):
+    """SIGINT or SIGTERM stopped a command; the message says how to go on."""
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(hint)
+        self.signal = signal.SIGINT
+
+
+async def _until_signalled(command: Any) -> int:
+    """Await a command; SIGINT or SIGTERM cancels it, so it can stop cleanly and say where
+    to resume, and `_Interrupted` names the signal.  Where handlers cannot be installed (not
+    the main thread), Ctrl-C stays a KeyboardInterrupt."""
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    received: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        received.append(sig)
+        if task is not None:
+            task.cancel()
+
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop, sig)
+            handled.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    try:
+        result: int = await command
+        return result
+    except _Interrupted as exc:
+        if received:
+            exc.signal = received[0]
+        raise
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        interrupted = _Interrupted("")
+        interrupted.signal = received[0]
+        raise interrupted from None
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+class _StderrHandler(logging.Handler):
+    """The library's warnings (retries, long budget waits) as ``evenergy: warning: ...``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(f"{PROG}: {record.levelname.lower()}: {record.getMessage()}\n")
+            sys.stderr.flush()
+        except Exception:  # a log line must never end the command
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _library_warnings() -> Iterator[None]:
+    logger = logging.getLogger("evenergy_async")
+    handler = _StderrHandler(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 def _plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
@@ -565,7 +962,13 @@ def _isatty(stream: IO[str]) -> bool:
         return False
 
 
-_USER_ACTIONS = {"export": _export, "get": _get, "create": _create, "update": _update}
+_USER_ACTIONS = {
+    "export": _export,
+    "get": _get,
+    "create": _create,
+    "update": _update,
+    "sync": _sync_users,
+}
 
 
 def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -586,10 +989,23 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         out = _Output(stream, owned=True)
     else:
         out = _Output(sys.stdout, owned=False)
+    if args.action == "sync":
+        args.input = sys.stdin.buffer if args.file == "-" else _open_input(args.file, out)
     try:
-        return asyncio.run(action(args, options, out))
+        with _library_warnings():
+            return asyncio.run(_until_signalled(action(args, options, out)))
     finally:
         out.close()
+        if args.action == "sync" and args.input is not sys.stdin.buffer:
+            args.input.close()
+
+
+def _open_input(path: str, out: _Output) -> IO[bytes]:
+    try:
+        return open(path, "rb")  # closed by the caller
+    except OSError as exc:
+        out.close()
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _error(message: str) -> None:
@@ -629,6 +1045,11 @@ def main(argv: list[str] | None = None) -> int:
     except _Failure as exc:
         _error(str(exc))
         return 1
+    except _Interrupted as exc:
+        what = "terminated" if exc.signal == signal.SIGTERM else "interrupted"
+        sys.stderr.write(f"\n{PROG}: {what}" + (f"; {exc}" if str(exc) else "") + "\n")
+        sys.stderr.flush()
+        return 128 + int(exc.signal)
     except BrokenPipeError:
         _quiet_stdout()
         return 0

@@ -12,8 +12,13 @@ Every exception the library raises on purpose derives from `EvEnergyError`::
     │   ├── RateLimited       429, or a rate-limit wait longer than `max_rate_limit_wait`
     │   └── ServerError       5xx
     ├── TransportError        no usable response: connection refused or reset, timeout
-    ├── InvalidResponse       a response the published spec does not allow (malformed body)
-    └── InvalidRequest        input refused before anything was sent (also a `ValueError`)
+    │   ├── OutcomeUnknown    a write that may or may not have been applied, and could not
+    │   │                     be reconciled (no response, and the look-up failed too)
+    │   └── RateLimiterUnavailable   the shared limiter's store (Redis) could not be reached
+    ├── InvalidResponse       a response the published spec does not allow (malformed body,
+    │                         a bad or looping ``Link`` URL, a page far over its page size)
+    ├── InvalidRequest        input refused before anything was sent (also a `ValueError`)
+    └── ClientClosed          the client (or the client of an `as_user` view) was closed
 
 Other 4xx statuses (405, 406, 413, ...) raise `APIError` itself.  `status_error` is the one
 place that maps a status to its class.
@@ -31,13 +36,16 @@ from multidict import CIMultiDict, CIMultiDictProxy
 __all__ = [
     "APIError",
     "BadRequest",
+    "ClientClosed",
     "Conflict",
     "EvEnergyError",
     "Forbidden",
     "InvalidRequest",
     "InvalidResponse",
     "NotFound",
+    "OutcomeUnknown",
     "RateLimited",
+    "RateLimiterUnavailable",
     "ServerError",
     "TransportError",
     "Unauthorized",
@@ -133,6 +141,15 @@ class TransportError(EvEnergyError):
     """No usable response: the connection failed, was reset, or timed out."""
 
 
+class OutcomeUnknown(TransportError):
+    """A non-repeatable request (a create) may or may not have taken effect: no response
+    arrived, and what happened could not be found out."""
+
+
+class RateLimiterUnavailable(TransportError):
+    """The shared rate limiter's Redis could not be reached (or refused the command)."""
+
+
 class InvalidResponse(EvEnergyError):
     """The server sent a response the published spec does not allow."""
 
@@ -143,6 +160,10 @@ class InvalidRequest(EvEnergyError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(f"{field}: {message}")
+
+
+class ClientClosed(EvEnergyError):
+    """The client was closed (`close()`, or the end of its ``async with``): closing is final."""
 
 
 _BY_STATUS: dict[int, type[APIError]] = {

@@ -7,47 +7,65 @@ Relations given by URL are `Ref`s; with ``expand=`` they arrive resolved.
 
 from __future__ import annotations
 
-import enum
+import abc
 from collections.abc import Mapping
 from datetime import date, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeAlias, TypeVar
 
 import attrs
+import msgspec
+from msgspec import UNSET, UnsetType
 
-from ._sansio import parse_count, retry_after
+from ._countries import COUNTRY_CODES
 from .refs import Ref
+
+if TYPE_CHECKING:
+    from .errors import EvEnergyError
 
 __all__ = [
     "UNSET",
+    "AwareDatetime",
+    "CountryCode",
     "EVSESite",
     "LatLong",
     "Location",
     "Page",
     "Price",
+    "Prices",
     "RateLimit",
     "Supplier",
+    "SyncAction",
+    "SyncOutcome",
     "Tariff",
+    "TariffPath",
     "TariffType",
     "UnsetType",
     "User",
+    "UserPath",
 ]
 
 T = TypeVar("T")
 
 
-class UnsetType(enum.Enum):
-    """The type of `UNSET`: "not sent" in a response, "leave unchanged" in a request."""
+# `UNSET` (msgspec's) is a field not sent in a response, "leave unchanged" in a request.  It is
+# falsy for type checkers too (``__bool__`` is typed ``Literal[False]``), so one `if` narrows
+# ``str | UnsetType`` to ``str``; msgspec leaves it out when encoding.
 
-    UNSET = "UNSET"
+# Types the decoder checks but type checkers see as the plain type: a country code is a
+# `str` to a checker and one of the spec's 249 codes to the decoder; a date-time must carry
+# a UTC offset (RFC 3339).
+if TYPE_CHECKING:
+    CountryCode: TypeAlias = str
+else:
+    CountryCode = Literal[tuple(sorted(COUNTRY_CODES))]
+AwareDatetime: TypeAlias = Annotated[datetime, msgspec.Meta(tz=True)]
 
-    def __bool__(self) -> bool:
-        return False
-
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET = UnsetType.UNSET
+# The relations `expand=` (server-side) and `resolve=` (client-side) may name, as types an
+# editor completes and a checker verifies.
+UserPath = Literal[
+    "default_location.tariff", "default_location.tariff.supplier", "default_location.evse_site"
+]
+TariffPath = Literal["supplier", "scheduler_tariff", "prices"]
 
 TariffType = Literal[
     "FLAT_RATE", "DUAL_RATE", "THREE_RATE", "DYNAMIC", "EXTERNALLY_MANAGED", "OTHER"
@@ -71,7 +89,7 @@ class Location:
     address_1: str | UnsetType | None = UNSET
     address_2: str | UnsetType | None = UNSET
     postal_code: str | UnsetType | None = UNSET
-    country_code: str | UnsetType | None = UNSET
+    country_code: CountryCode | UnsetType | None = UNSET
     coordinates: LatLong | UnsetType | None = UNSET
     tariff: Ref[Tariff] | UnsetType | None = UNSET
     city: str | UnsetType | None = UNSET
@@ -86,8 +104,8 @@ class User:
     url: str
     email: str | UnsetType = UNSET
     full_name: str | UnsetType = UNSET
-    joined_at: datetime | UnsetType = UNSET
-    terms_consent_datetime: datetime | UnsetType | None = UNSET
+    joined_at: AwareDatetime | UnsetType = UNSET
+    terms_consent_datetime: AwareDatetime | UnsetType | None = UNSET
     default_location: Location | UnsetType = UNSET
     vehicles: tuple[Ref[Any], ...] = ()
     evses: tuple[Ref[Any], ...] = ()
@@ -104,9 +122,21 @@ class Supplier:
 
 @attrs.frozen(kw_only=True)
 class Price:
-    started_at: datetime
+    started_at: AwareDatetime
     interval_seconds: int
     price_minor_units: int
+
+
+if TYPE_CHECKING:
+    Prices: TypeAlias = Ref[Any] | tuple[Price, ...]
+else:
+
+    class Prices(abc.ABC):  # noqa: B024 (no abstract methods: a type to check against)
+        """`Tariff.prices` to the decoder: a URL or an array, which msgspec's unions cannot
+        mix with a custom type, so its hook reads both.  Checkers see the union."""
+
+    Prices.register(Ref)
+    Prices.register(tuple)
 
 
 @attrs.frozen(kw_only=True)
@@ -132,7 +162,7 @@ class Tariff:
     valid_until: date | UnsetType | None = UNSET
     scheduler_tariff: Ref[Tariff] | UnsetType | None = UNSET
     current_price: int | UnsetType | None = UNSET
-    prices: Ref[Any] | tuple[Price, ...] | UnsetType | None = UNSET
+    prices: Prices | UnsetType | None = UNSET
 
 
 @attrs.frozen(kw_only=True)
@@ -143,6 +173,30 @@ class EVSESite:
     cpms_connection: Literal["CHARGEPOINT", "SWTCH"] | None
     cpms_connection_display_name: str | UnsetType | None = UNSET
     user_connected: bool | UnsetType | None = UNSET
+
+
+@attrs.frozen
+class ClientStats:
+    """What a client (with its views) did since it was made: `client.stats`.
+
+    `requests` counts attempts sent; `responses` counts them by status class (``"2xx"``,
+    ``"4xx"``, ...) and `transport_errors` those that got no response.  `retries` counts
+    attempts after a call's first (429s and token refreshes included), `throttled` the 429s
+    seen.  `limiter_waits` and `limiter_wait_seconds` are the waits for rate-limit budget;
+    `cache_hits` and `cache_misses` are the resolve cache's; `bytes_read` counts response
+    bodies (decompressed).
+    """
+
+    requests: int
+    responses: dict[str, int]
+    transport_errors: int
+    retries: int
+    throttled: int
+    limiter_waits: int
+    limiter_wait_seconds: float
+    cache_hits: int
+    cache_misses: int
+    bytes_read: int
 
 
 @attrs.frozen
@@ -165,25 +219,32 @@ class RateLimit:
 
     `limit` is the budget per rolling window, `remaining` what is left of it, `retry_after`
     the seconds to wait (429 responses only).  Each is None when the header was absent or
-    unreadable.
+    unreadable.  Read from a response by `_sansio.rate_limit_from_headers`.
     """
 
     limit: int | None
     remaining: int | None
     retry_after: float | None = None
 
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str], now: float) -> RateLimit | None:
-        """The snapshot in a response's headers, or None if it carries no rate-limit header.
 
-        `headers` must look names up case-insensitively; `now` is seconds since the epoch
-        (for an HTTP-date Retry-After).
-        """
-        limit = parse_count(headers.get("X-RateLimit-Limit"))
-        remaining = parse_count(headers.get("X-RateLimit-Remaining"))
-        wait = retry_after(headers, now)
-        if limit is None and remaining is None and wait is None:
-            return None
-        if limit is not None and remaining is not None and remaining > limit:
-            remaining = limit
-        return cls(limit, remaining, wait)
+SyncAction = Literal["created", "updated", "unchanged", "failed"]
+
+
+@attrs.frozen(kw_only=True)
+class SyncOutcome:
+    """What `client.users.sync` did with one record.
+
+    `action` is ``"created"``, ``"updated"``, ``"unchanged"`` or ``"failed"``; `email` is the
+    record's (None when it has none or could not be read); `user` the user as the server now
+    holds it (None when failed, and in a dry run); `changed` the field paths that differed,
+    e.g. ``("default_location.city",)``; `error` why it failed.  `id` is the user's id when
+    known, `index` the record's position in the input (from 0).
+    """
+
+    action: SyncAction
+    email: str | None
+    user: User | None = None
+    changed: tuple[str, ...] = ()
+    error: EvEnergyError | None = None
+    id: str | None = None
+    index: int = -1

@@ -7,6 +7,7 @@ cache.  An expanded relation (``expand=``) arrives already resolved.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any, Generic, Protocol, TypeVar
 
 from .errors import EvEnergyError
@@ -24,7 +25,7 @@ _MISSING: Any = object()
 
 
 class Ref(Generic[T]):
-    """A related resource: `url` always, `value` once `resolved`.
+    """A related resource: `url` always, `value` once `resolved`; ``await ref`` resolves it.
 
     Two Refs are equal when they name the same URL, resolved or not.
     """
@@ -64,6 +65,10 @@ class Ref(Generic[T]):
                 )
             self._value = await self._resolver.resolve(self)
         return self._value  # type: ignore[no-any-return]
+
+    def __await__(self) -> Generator[Any, None, T]:
+        """``await ref`` is ``await ref.resolve()``."""
+        return self.resolve().__await__()
 
     def _set_value(self, value: Any) -> None:
         self._value = value

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
+import msgspec
 import pytest
 
 import evenergy_async as ev
@@ -46,7 +46,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _lines(text: str) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in text.splitlines()]
+    return [msgspec.json.decode(line) for line in text.splitlines()]
 
 
 def _one_error_line(err: str) -> str:
@@ -90,7 +90,7 @@ def test_console_script_broken_pipe_exits_quietly() -> None:
         proc.stdout.close()  # as `| head -1` does
         err = proc.stderr.read()
         code = proc.wait(timeout=30)
-    assert orjson.loads(first)["id"].startswith("user")
+    assert msgspec.json.decode(first)["id"].startswith("user")
     assert code == 0
     assert err == b""
 
@@ -259,9 +259,9 @@ def test_progress_line_is_throttled_and_rewritten_in_place() -> None:
     now[0] = 105.0
     progress.done = 250
     progress.update()
+    # While the budget is spent, the rate so far says nothing of the rest: no ETA.
     first = (
-        "250 users, 3 pages, rate-limit budget 0/1,000, waiting for budget, "
-        "50 users/s, ETA 15s, 5s elapsed"
+        "250 users, 3 pages, rate-limit budget 0/1,000, waiting for budget, 50 users/s, 5s elapsed"
     )
     assert stream.getvalue() == "\r" + first
     now[0] = 105.05
@@ -270,14 +270,53 @@ def test_progress_line_is_throttled_and_rewritten_in_place() -> None:
     assert stream.getvalue() == "\r" + first
     now[0] = 110.0
     progress.done = 1000
+    client.rate_limit = ev.RateLimit(limit=1000, remaining=4)
     progress.update(final=True)
-    last = (
-        "1,000 users, 10 pages, rate-limit budget 0/1,000, waiting for budget, "
-        "100 users/s, 10s elapsed"
-    )
+    last = "1,000 users, 10 pages, rate-limit budget 4/1,000, 100 users/s, 10s elapsed"
     padding = " " * (len(first) - len(last))  # blanks out the longer line before it
     assert padding
     assert stream.getvalue() == "\r" + first + "\r" + last + padding + "\n"
+
+
+def test_progress_line_tells_when_the_next_budget_frees() -> None:
+    class State:
+        def next_change(self, now: float) -> float:
+            return now + 125.0
+
+    class Limiter:
+        state = State()
+        window = 3600.0
+
+    class FakeClient:
+        rate_limit = ev.RateLimit(limit=1000, remaining=0, retry_after=None)
+        limiter = Limiter()
+
+    async def line() -> str:
+        progress = cli._Progress(io.StringIO(), FakeClient(), 100, total=5000, clock=lambda: 10)
+        progress.done = 300
+        return progress.line(10.0)
+
+    assert asyncio.run(line()) == (
+        "300 users, 3 pages, rate-limit budget 0/1,000, waiting for budget, next in 2m05s, "
+        "30 users/s, 10s elapsed"
+    )
+    # A 429's Retry-After when the limiter cannot tell.
+    FakeClient.limiter = None  # type: ignore[assignment]
+    FakeClient.rate_limit = ev.RateLimit(limit=1000, remaining=0, retry_after=30.0)
+    assert "waiting for budget, next in 30s" in asyncio.run(line())
+
+
+def test_library_warnings_are_shown_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    with cli._library_warnings():
+        logging.getLogger("evenergy_async").warning("retry %d of %d: %s", 1, 5, "connect refused")
+        logging.getLogger("evenergy_async").debug("not shown")
+    logging.getLogger("evenergy_async").warning("after the command: not ours to show")
+    err = capsys.readouterr().err
+    assert "evenergy: warning: retry 1 of 5: connect refused\n" in err
+    assert "not shown" not in err
+    assert err.count("evenergy: warning:") == 1
 
 
 # --- users get / create / update ----------------------------------------------------------
@@ -516,7 +555,7 @@ async def test_to_api_reproduces_the_servers_json(evenergy_fake: FakeEvEnergy) -
             ("/users", [("page_size", "25"), *(("expand", e) for e in expand)]),
         ):
             async with http.get(evenergy_fake.base_url + path, params=params) as response:
-                raw = orjson.loads(await response.read())
+                raw = msgspec.json.decode(await response.read())
             async with ev.Client(token=evenergy_fake.token, base_url=evenergy_fake.base_url) as c:
                 users = [
                     u
@@ -528,7 +567,7 @@ async def test_to_api_reproduces_the_servers_json(evenergy_fake: FakeEvEnergy) -
         async with http.get(
             evenergy_fake.base_url + "/users/me", params=[("expand", e) for e in expand]
         ) as response:
-            raw = orjson.loads(await response.read())
+            raw = msgspec.json.decode(await response.read())
     async with ev.Client(token=evenergy_fake.token, base_url=evenergy_fake.base_url) as c:
         assert to_api(await c.users.get("me", expand=expand)) == raw
 
@@ -570,3 +609,329 @@ def test_to_api_values() -> None:
     assert to_api(resolved) == {"id": "s", "n": [1, 2]}
     with pytest.raises(ev.InvalidRequest):
         to_api(object())
+
+
+# --- users sync ----------------------------------------------------------------------------
+
+PACKAGE_ROOT = str(Path(ev.__file__).resolve().parents[1])
+
+
+async def _exported(fake: FakeEvEnergy) -> list[dict[str, Any]]:
+    async with ev.Client(token=fake.token, base_url=fake.base_url) as client:
+        return [to_api(u) async for u in client.users.list()]
+
+
+async def _users_by_email(fake: FakeEvEnergy) -> dict[str, dict[str, Any]]:
+    state = {}
+    for user in await _exported(fake):
+        location = user["default_location"]
+        location.pop("current_carbon_intensity_grams_per_kilowatt_hour", None)
+        state[user["email"].lower()] = user
+    return state
+
+
+def _sync_input(exported: list[dict[str, Any]], changed: int, same: int, new: int) -> list[Any]:
+    """`changed` users with a new city, `same` as exported, `new` users."""
+    with_address = [u for u in exported if u["default_location"].get("address_1")]
+    records: list[Any] = []
+    for user in with_address[:changed]:
+        location = {**user["default_location"], "city": "Sync City"}
+        records.append({**user, "default_location": location})
+    records.extend(with_address[changed : changed + same])
+    for i in range(new):
+        records.append(
+            {
+                "email": f"sync.new{i}@example.com",
+                "default_location": {
+                    "address_1": f"{i} Mill Lane",
+                    "city": "Sync City",
+                    "postal_code": "M1 1AA",
+                    "country_code": "GB",
+                },
+            }
+        )
+    return records
+
+
+def _write_jsonl(path: Path, records: list[Any]) -> None:
+    path.write_bytes(
+        b"".join(r if isinstance(r, bytes) else msgspec.json.encode(r) + b"\n" for r in records)
+    )
+
+
+def _writes(fake: FakeEvEnergy) -> int:
+    return fake.stats.count("PATCH", "/v2/users/{user_id}") + fake.stats.count("POST", "/v2/users")
+
+
+@pytest.mark.evenergy_fake(users=60, rate_limit=100_000)
+async def test_sync_a_file_then_again(
+    evenergy_fake: FakeEvEnergy,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    fake = evenergy_fake
+    monkeypatch.setenv("EVENERGY_TOKEN", fake.token)
+    monkeypatch.setenv("EVENERGY_BASE_URL", fake.base_url)
+    records = _sync_input(await _exported(fake), changed=4, same=5, new=2)
+    target = tmp_path / "users.jsonl"
+    _write_jsonl(target, [*records, b"\n", b"{not json\n", {"email": "broken"}])
+    fake.stats.reset()
+
+    assert await _main_in_thread(["users", "sync", str(target)]) == 1  # some records failed
+    out, err = capsys.readouterr()
+    lines = _lines(out)
+    assert sorted(line["line"] for line in lines) == [*range(1, 12), 13, 14]  # 12 is blank
+    by_line = {line["line"]: line for line in lines}
+    assert {by_line[n]["action"] for n in range(1, 5)} == {"updated"}
+    assert by_line[1]["changed"] == ["default_location.city"]
+    assert by_line[1]["id"] == records[0]["id"] and by_line[1]["error"] is None
+    assert {by_line[n]["action"] for n in range(5, 10)} == {"unchanged"}
+    assert {by_line[n]["action"] for n in (10, 11)} == {"created"}
+    assert by_line[13]["action"] == "failed" and "not JSON" in by_line[13]["error"]
+    assert by_line[14]["action"] == "failed" and "email" in by_line[14]["error"]
+    assert set(lines[0]) == {"line", "email", "action", "id", "changed", "error"}
+    plan, summary = err.splitlines()
+    assert plan.startswith("evenergy: plan: 11 records to match (2 refused); look-up:")
+    assert "rate limit" in plan and "fits in the budget left" in plan
+    assert summary == (
+        f"evenergy: 13 records: 2 created, 4 updated, 5 unchanged, 2 failed; "
+        f"{fake.stats.total} requests; rate-limit budget left "
+        f"{fake.rate_limit_remaining():,}/100,000"
+    )
+    assert _writes(fake) == 6
+    state = await _users_by_email(fake)
+    assert state[records[0]["email"].lower()]["default_location"]["city"] == "Sync City"
+    assert state["sync.new1@example.com"]["default_location"]["postal_code"] == "M1 1AA"
+
+    # Again, without the broken lines: nothing to write, exit 0.
+    _write_jsonl(target, records)
+    fake.stats.reset()
+    assert await _main_in_thread(["users", "sync", str(target)]) == 0
+    out, err = capsys.readouterr()
+    assert {line["action"] for line in _lines(out)} == {"unchanged"}
+    assert _writes(fake) == 0
+    assert "0 failed" in err
+
+
+@pytest.mark.evenergy_fake(users=30, rate_limit=100_000)
+async def test_sync_dry_run_from_stdin_writes_nothing(
+    evenergy_fake: FakeEvEnergy,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake = evenergy_fake
+    monkeypatch.setenv("EVENERGY_TOKEN", fake.token)
+    monkeypatch.setenv("EVENERGY_BASE_URL", fake.base_url)
+    records = _sync_input(await _exported(fake), changed=2, same=2, new=1)
+    data = b"".join(msgspec.json.encode(r) + b"\n" for r in records)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    fake.stats.reset()
+    assert await _main_in_thread(["users", "sync", "-", "--dry-run", "--lookup", "each"]) == 0
+    out, err = capsys.readouterr()
+    assert sorted(line["action"] for line in _lines(out)) == [
+        "created",
+        "unchanged",
+        "unchanged",
+        "updated",
+        "updated",
+    ]
+    assert _writes(fake) == 0 and fake.stats.total == 5  # one look-up per record
+    assert "dry run: no writes" in err and "(dry run: nothing written)" in err
+
+
+@pytest.mark.evenergy_fake(users=30, rate_limit=100_000)
+async def test_sync_shards_split_the_file(
+    evenergy_fake: FakeEvEnergy,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    fake = evenergy_fake
+    monkeypatch.setenv("EVENERGY_TOKEN", fake.token)
+    monkeypatch.setenv("EVENERGY_BASE_URL", fake.base_url)
+    target = tmp_path / "users.jsonl"
+    _write_jsonl(target, _sync_input(await _exported(fake), changed=5, same=5, new=5))
+    seen: list[int] = []
+    for shard in ("0/2", "1/2"):
+        assert await _main_in_thread(["users", "sync", str(target), "--shard", shard]) == 0
+        seen.extend(line["line"] for line in _lines(capsys.readouterr().out))
+    assert sorted(seen) == list(range(1, 16))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["users", "sync", "x.jsonl", "--fake", "--shard", "2/2"],
+        ["users", "sync", "x.jsonl", "--fake", "--shard", "1"],
+        ["users", "sync", "x.jsonl", "--fake", "--concurrency", "0"],
+        ["users", "sync", "/nonexistent/users.jsonl", "--fake"],
+        ["users", "sync", "x.jsonl", "--fake", "--lookup", "guess"],
+    ],
+)
+def test_sync_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    _one_error_line(capsys.readouterr().err)
+
+
+def test_plan_text_at_the_current_rate_limit() -> None:
+    class Limiter:
+        window = 3600.0
+
+    class FakeClient:
+        rate_limit = ev.RateLimit(limit=1000, remaining=100)
+        limiter = Limiter()
+
+    client: Any = FakeClient()
+    plan = cli._sync.SyncPlan.build(600, 0, 600, "auto", False)
+    text = cli._plan_text(plan, client)
+    assert "at most 1,201 requests" in text
+    assert "rate limit 100 of 1,000 left per 1h00m" in text
+    assert "may wait up to 2h00m for budget" in text
+    plan = cli._sync.SyncPlan.build(60, 0, 60, "each", True)
+    text = cli._plan_text(plan, client)
+    assert "one request per record, 60 requests" in text and "fits in the budget left" in text
+
+
+async def test_sync_killed_half_way_then_run_again(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    async with FakeEvEnergy(users=200, rate_limit=100_000) as fake:
+        before = await _users_by_email(fake)
+        records = _sync_input(await _exported(fake), changed=50, same=30, new=30)
+        target = tmp_path / "users.jsonl"
+        _write_jsonl(target, records)
+        fake.faults.latency = 0.02  # so a kill finds writes in flight
+        env = _env(EVENERGY_TOKEN=fake.token, EVENERGY_BASE_URL=fake.base_url)
+        env["PYTHONPATH"] = PACKAGE_ROOT
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "evenergy_async",
+            "users",
+            "sync",
+            str(target),
+            "--concurrency",
+            "4",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        try:
+            assert proc.stdout is not None
+            done = [await asyncio.wait_for(proc.stdout.readline(), 60) for _ in range(40)]
+            proc.kill()  # SIGKILL: no clean-up of any kind
+            await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        assert all(msgspec.json.decode(line)["action"] != "failed" for line in done)
+        fake.faults.latency = 0
+        assert 40 <= _writes(fake) < 80  # cut off half-way
+
+        monkeypatch.setenv("EVENERGY_TOKEN", fake.token)
+        monkeypatch.setenv("EVENERGY_BASE_URL", fake.base_url)
+        assert await _main_in_thread(["users", "sync", str(target)]) == 0
+        lines = _lines(capsys.readouterr().out)
+        assert len(lines) == len(records)
+
+        after = await _users_by_email(fake)
+        assert fake.user_count == 230 and len(after) == 230  # no duplicate
+        for record in records:
+            user = after[record["email"].lower()]
+            if "id" in record:
+                assert user["id"] == record["id"]
+            for field, value in record["default_location"].items():
+                if field != "current_carbon_intensity_grams_per_kilowatt_hour":
+                    assert user["default_location"][field] == value, (record, field)
+        untouched = set(before) - {r["email"].lower() for r in records}
+        assert all(after[email] == before[email] for email in untouched)
+
+        fake.stats.reset()
+        assert await _main_in_thread(["users", "sync", str(target)]) == 0
+        assert {line["action"] for line in _lines(capsys.readouterr().out)} == {"unchanged"}
+        assert _writes(fake) == 0
+
+
+def test_export_terminated_tells_where_to_resume_and_resumes(tmp_path: Path) -> None:
+    target = tmp_path / "users.jsonl"
+    fake = ["--fake", "--fake-users", "300", "--fake-rate-limit", "5"]
+    options = ["--page-size", "10", "-o", str(target)]
+    env = _env()
+    env["PYTHONPATH"] = PACKAGE_ROOT
+    with subprocess.Popen(
+        [sys.executable, "-m", "evenergy_async", "users", "export", *fake, *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    ) as proc:
+        assert proc.stderr is not None
+        # Five pages, then the budget is spent for the fake's hour: without a terminal the
+        # wait is told on stderr after a few seconds.
+        told = proc.stderr.readline().decode()
+        assert told.startswith(
+            "evenergy: waiting for rate-limit budget; the next request may go in"
+        )
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read().decode()
+        code = proc.wait(timeout=30)
+    assert code == 128 + signal.SIGTERM
+    users = _lines(target.read_text())  # complete lines only
+    assert len(users) == 50
+    assert rest.strip() == f"evenergy: terminated; resume with --page-after {users[-1]['id']}"
+
+    resume = ["--page-after", users[-1]["id"], "--page-size", "100", "-o", str(target)]
+    assert main(["users", "export", "--fake", "--fake-users", "300", *resume]) == 0
+    ids = [u["id"] for u in _lines(target.read_text())]
+    assert len(ids) == 300 and len(set(ids)) == 300
+
+
+def test_retries_against_an_unreachable_host_are_told_while_they_happen(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the with ends: nothing listens there
+    options = {"base_url": f"http://127.0.0.1:{port}/v2", "token": "t", "max_retries": 2}
+    monkeypatch.setattr(cli, "_client_options", lambda env: options)
+    assert main(["users", "get", "me"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert [line.startswith("evenergy: warning: GET /v2/users/me: retry") for line in err] == [
+        True,
+        True,
+        False,
+    ]
+    assert "retry 1 of 2" in err[0] and "retry 2 of 2" in err[1]
+    assert err[2].startswith("evenergy: error: ")
+
+
+def test_sync_interrupted_stops_cleanly_and_says_so(tmp_path: Path) -> None:
+    target = tmp_path / "users.jsonl"
+    _write_jsonl(target, [{"email": f"person{i}@example.com"} for i in range(20)])
+    env = _env()
+    env["PYTHONPATH"] = PACKAGE_ROOT
+    # A budget of 3 an hour: the listing's page and two creates, then a wait for good.
+    fake = ["--fake", "--fake-users", "5", "--fake-rate-limit", "3"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "evenergy_async", "users", "sync", str(target), *fake],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        plan = proc.stderr.readline().decode()
+        assert plan.startswith("evenergy: plan: 20 records to match")
+        created = [msgspec.json.decode(proc.stdout.readline()) for _ in range(2)]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert [line["action"] for line in created] == ["created", "created"]
+    assert out == b""  # nothing more was done
+    summary, hint = [line for line in err.decode().splitlines() if line]
+    assert summary.startswith("evenergy: 2 records: 2 created, 0 updated, 0 unchanged, 0 failed")
+    assert summary.endswith("(interrupted)")
+    assert hint == "evenergy: interrupted; running the same sync again finishes it"

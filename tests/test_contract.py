@@ -87,10 +87,25 @@ async def test_the_contract_as_written(with_credentials: bool, spec_check) -> No
             assert bob.limiter is client.limiter
             assert (await bob.users.get("me")).id == seen[2].id
 
+            records = [
+                {"id": seen[3].id, "email": "renamed@example.com"},
+                {"email": "new.person@example.com"},
+                {"email": "broken"},
+            ]
+            async for outcome in client.users.sync(
+                records, dry_run=False, concurrency=8, shard=None
+            ):
+                assert isinstance(outcome, ev.SyncOutcome)
+                expected = {0: "updated", 1: "created", 2: "failed"}[outcome.index]
+                assert outcome.action == expected
+                assert outcome.changed == (("email",) if expected != "failed" else ())
+                assert (outcome.user is None) == (outcome.error is not None)
+
 
 async def test_names_the_contract_promises() -> None:
     for name in ("User", "Location", "LatLong", "Tariff", "Supplier", "EVSESite", "Ref", "Page",
-                 "RateLimit", "UNSET", "ClientCredentials", "RedisRateLimiter"):  # fmt: skip
+                 "RateLimit", "UNSET", "ClientCredentials", "RedisRateLimiter",
+                 "SyncOutcome"):  # fmt: skip
         assert hasattr(ev, name)
     from evenergy_async import errors
 

@@ -7,10 +7,13 @@ import math
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
 import pytest
 
+from evenergy_async import _bodies as b
+from evenergy_async import _convert
 from evenergy_async import _validate as v
-from evenergy_async._convert import decode, decode_list, to_wire
+from evenergy_async._convert import to_wire
 from evenergy_async.errors import EvEnergyError, InvalidRequest, InvalidResponse
 from evenergy_async.models import (
     UNSET,
@@ -104,6 +107,15 @@ def site_json(**overrides: Any) -> dict[str, Any]:
     }
     data.update(overrides)
     return data
+
+
+def decode(data: Any, cls: type[Any], resolver: Any) -> tuple[Any, list[Ref[Any]]]:
+    """`_convert.decode` of `data` as a response body."""
+    return _convert.decode(msgspec.json.encode(data), cls, resolver)
+
+
+def decode_list(data: Any, cls: type[Any], resolver: Any) -> tuple[list[Any], list[Ref[Any]]]:
+    return _convert.decode_list(msgspec.json.encode(data), cls, resolver)
 
 
 class FakeResolver:
@@ -240,6 +252,15 @@ async def test_decoded_refs_resolve_through_the_resolver():
     assert resolver.asked == [f"{API}/tariffs/{TID}"]  # once
 
 
+async def test_await_ref_is_resolve():
+    resolver = FakeResolver()
+    user, _ = decode(user_json(), User, resolver)
+    value = await user.default_location.tariff
+    assert value == {"resolved": f"{API}/tariffs/{TID}"}
+    assert await user.default_location.tariff is value
+    assert resolver.asked == [f"{API}/tariffs/{TID}"]
+
+
 async def test_ref_without_resolver():
     user, _ = decode(user_json(), User, None)
     with pytest.raises(EvEnergyError):
@@ -363,7 +384,7 @@ def test_decode_evse_site(cpms):
 
 def test_decode_price():
     price, _ = decode(
-        {"started_at": "2024-01-15T10:00:00Z", "interval_seconds": 1800.0, "price_minor_units": -3},
+        {"started_at": "2024-01-15T10:00:00Z", "interval_seconds": 1800, "price_minor_units": -3},
         Price,
         None,
     )
@@ -546,6 +567,8 @@ def test_decode_bad_site_raises_invalid_response(data):
         {"started_at": None, "interval_seconds": 1800, "price_minor_units": 1},
         {"interval_seconds": 1800, "price_minor_units": 1},
         {"started_at": "2024-01-15T10:00:00Z", "interval_seconds": 1800, "price_minor_units": 1.5},
+        # msgspec reads a JSON integer only from integer syntax, as Python's json writes it
+        {"started_at": "2024-01-15T10:00:00Z", "interval_seconds": 1800.0, "price_minor_units": 1},
     ],
 )
 def test_decode_bad_price(data):
@@ -593,6 +616,120 @@ def test_decode_deeply_nested_expansion_is_invalid_response_not_recursion_error(
     node["scheduler_tariff"] = 5  # invalid at the bottom
     with pytest.raises(InvalidResponse):
         decode(root, Tariff, None)
+
+
+# --- msgspec specifics: paths, nulls, errata, shared Refs, bodies --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("item", "message", "path"),
+    [
+        (user_json(email=5), "Expected `str`, got `int`", "$[1].email"),
+        (user_json(joined_at="2023-06-15T10:00:00"), "timezone", "$[1].joined_at"),
+        (_loc(country_code="XX"), "'XX'", "$[1].default_location.country_code"),
+        (_loc(coordinates={"latitude": 1}), "longitude", "$[1].default_location.coordinates"),
+        (_loc(tariff=5), "Expected a URL", "$[1].default_location.tariff"),
+        (user_json(vehicles=["u", 5]), "Expected a URL", "$[1].vehicles[1]"),
+        (
+            _loc(tariff=tariff_json(supplier=supplier_json(name=5))),
+            "Expected `str`, got `int`",
+            "$[1].default_location.tariff.supplier.name",
+        ),
+        (
+            _loc(tariff=tariff_json(prices=[{"started_at": "2024-01-15T10:00:00Z"}])),
+            "interval_seconds",
+            "$[1].default_location.tariff.prices[0]",
+        ),
+    ],
+)
+def test_invalid_response_names_the_json_path(item, message, path):
+    with pytest.raises(InvalidResponse) as info:
+        decode_list([user_json(), item], User, None)
+    text = str(info.value)
+    assert message in text
+    assert text.endswith(f"at `{path}`")
+    assert text.startswith("cannot decode User list:")
+
+
+def test_not_json_is_invalid_response():
+    for body in (b"", b"{", b"\xff", b"[1,]", b"[" * 5000):
+        with pytest.raises(InvalidResponse):
+            _convert.decode_list(body, User, None)
+        with pytest.raises(InvalidResponse):
+            _convert.decode(body, User, None)
+
+
+def test_null_country_code_is_read_as_cleared():
+    # Errata: the spec's Location.country_code says both "nullable" and "a CountryCode".
+    user, _ = decode(_loc(country_code=None), User, None)
+    assert user.default_location.country_code is None
+
+
+def test_nulls_where_the_api_allows_them_and_only_there():
+    user, _ = decode(user_json(terms_consent_datetime=None), User, None)
+    assert user.terms_consent_datetime is None
+    for field in ("email", "full_name", "joined_at", "default_location", "vehicles"):
+        with pytest.raises(InvalidResponse, match=f"at `\\$.{field}`"):
+            decode(user_json(**{field: None}), User, None)
+
+
+def test_unknown_fields_of_every_shape_are_skipped():
+    data = user_json(extra={"deep": [{"x": [1, 2.5, None, True]}]}, more=[[[]]], n=1e300)
+    data["default_location"]["tariff"] = tariff_json(surprise={"a": 1}, supplier=supplier_json(z=1))
+    user, expanded = decode(data, User, None)
+    assert user.default_location.tariff.value.supplier.value.name == "Rivendell Renewables"
+    assert len(expanded) == 2
+
+
+def test_one_ref_per_url_in_a_body():
+    items = [user_json(id=f"user{i:026d}", url=f"{API}/users/user{i:026d}") for i in range(3)]
+    users, _ = decode_list(items, User, None)
+    tariffs = {id(u.default_location.tariff) for u in users}
+    assert len(tariffs) == 1
+
+
+def test_a_codec_shares_refs_across_bodies_and_binds_its_resolver():
+    resolver = FakeResolver()
+    codec = _convert.Codec(resolver)
+    first, _ = codec.decode(msgspec.json.encode(user_json()), User)
+    second, _ = codec.decode_list(msgspec.json.encode([user_json()]), User)
+    assert first.default_location.tariff is second[0].default_location.tariff
+    assert first.default_location.tariff._resolver is resolver
+
+
+def test_expanded_relations_are_reported_once_per_call():
+    codec = _convert.Codec(None)
+    body = msgspec.json.encode(_loc(tariff=tariff_json()))
+    assert len(codec.decode(body, User)[1]) == 1
+    assert len(codec.decode(msgspec.json.encode(user_json()), User)[1]) == 0
+    with pytest.raises(InvalidResponse):  # a failed decode leaves nothing behind
+        codec.decode_list(msgspec.json.encode([_loc(tariff=tariff_json()), 5]), User)
+    assert codec.take_expanded() == []
+
+
+def test_expanded_object_where_only_a_url_may_be():
+    with pytest.raises(InvalidResponse, match="Expected a URL, got `object`"):
+        decode(user_json(vehicles=[{"url": "x"}]), User, None)
+
+
+def test_expanded_prices_need_an_array():
+    with pytest.raises(InvalidResponse, match="prices"):
+        decode(tariff_json(prices={"url": "x"}), Tariff, None)
+
+
+def test_convert_reads_api_shaped_records():
+    record = user_json()["default_location"]
+    location = _convert.convert(record, Location)
+    assert location.country_code == "GB"
+    assert isinstance(location.tariff, Ref)
+    assert to_wire(location) == record
+    with pytest.raises(InvalidRequest, match="country_code"):
+        _convert.convert({**record, "country_code": "XX"}, Location)
+
+
+def test_to_api_refuses_what_json_cannot_say():
+    with pytest.raises(InvalidRequest):
+        _convert.to_api({"a": object()})
 
 
 # --- to_wire ------------------------------------------------------------------------------------
@@ -809,7 +946,7 @@ FULL = {"address_1": "1 High St", "city": "London", "postal_code": "EC1A 1BB", "
 
 
 def test_location_body_full_address():
-    assert v.location_body(Location(**FULL)) == FULL
+    assert b.location_body(Location(**FULL)) == FULL
 
 
 def test_location_body_full_address_with_extras():
@@ -821,7 +958,7 @@ def test_location_body_full_address_with_extras():
         tariff=Ref(f"{API}/tariffs/{TID}"),
         evse_site=None,
     )
-    assert v.location_body(loc) == {
+    assert b.location_body(loc) == {
         **FULL,
         "address_2": "Flat 2",
         "state": None,
@@ -832,21 +969,21 @@ def test_location_body_full_address_with_extras():
 
 
 def test_location_body_empty_and_relations_only():
-    assert v.location_body(Location()) == {}
+    assert b.location_body(Location()) == {}
     loc = Location(tariff=Ref(f"{API}/tariffs/{TID}"), evse_site=None)
-    assert v.location_body(loc) == {"tariff": f"{API}/tariffs/{TID}", "evse_site": None}
+    assert b.location_body(loc) == {"tariff": f"{API}/tariffs/{TID}", "evse_site": None}
 
 
 def test_location_body_explicit_nulls_clear_address():
     names = ["address_1", "address_2", "city", "state", "postal_code", "country_code"]
     names.append("coordinates")
-    body = v.location_body(Location(**dict.fromkeys(names)))
+    body = b.location_body(Location(**dict.fromkeys(names)))
     assert body == dict.fromkeys(names)
 
 
 def test_location_body_drops_read_only_carbon():
     loc = Location(**FULL, current_carbon_intensity_grams_per_kilowatt_hour=300)
-    assert "current_carbon_intensity_grams_per_kilowatt_hour" not in v.location_body(loc)
+    assert "current_carbon_intensity_grams_per_kilowatt_hour" not in b.location_body(loc)
 
 
 TRIGGERS = {
@@ -863,7 +1000,7 @@ TRIGGERS = {
 @pytest.mark.parametrize("trigger", TRIGGERS)
 def test_address_rule_every_trigger_alone(trigger):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(**{trigger: TRIGGERS[trigger]}))
+        b.location_body(Location(**{trigger: TRIGGERS[trigger]}))
     assert info.value.field == "default_location"
     message = str(info.value)
     assert "partial address" in message
@@ -878,47 +1015,47 @@ def test_address_rule_trigger_with_explicit_null_required(trigger):
     fields: dict[str, Any] = dict.fromkeys(("address_1", "city", "postal_code", "country_code"))
     fields[trigger] = TRIGGERS[trigger]
     with pytest.raises(InvalidRequest):
-        v.location_body(Location(**fields))
+        b.location_body(Location(**fields))
 
 
 @pytest.mark.parametrize("missing", ["address_1", "city", "postal_code", "country_code"])
 def test_address_rule_one_required_missing(missing):
     fields = {k: val for k, val in FULL.items() if k != missing}
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(**fields))
+        b.location_body(Location(**fields))
     assert missing in str(info.value).split("missing", 1)[1]
     fields[missing] = None
     with pytest.raises(InvalidRequest):
-        v.location_body(Location(**fields))
+        b.location_body(Location(**fields))
 
 
 @pytest.mark.parametrize("location", [None])
 def test_null_default_location_refused(location):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(location)
+        b.location_body(location)
     assert info.value.field == "default_location"
     with pytest.raises(InvalidRequest) as info:
-        v.user_body(email=UNSET, default_location=location)
+        b.user_body(email=UNSET, default_location=location)
     assert info.value.field == "default_location"
 
 
 @pytest.mark.parametrize("location", [{"city": "London"}, "London", 5, User(id=UID, url="u")])
 def test_non_location_refused(location):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(location)
+        b.location_body(location)
     assert info.value.field == "default_location"
 
 
 @pytest.mark.parametrize("code", ["XX", "gb", "GBR", "", "UK", " GB"])
 def test_bad_country_code(code):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(**{**FULL, "country_code": code}))
+        b.location_body(Location(**{**FULL, "country_code": code}))
     assert info.value.field == "default_location.country_code"
 
 
 @pytest.mark.parametrize("code", ["GB", "US", "FR", "DE", "AX", "ZW"])
 def test_good_country_codes(code):
-    assert v.location_body(Location(**{**FULL, "country_code": code}))["country_code"] == code
+    assert b.location_body(Location(**{**FULL, "country_code": code}))["country_code"] == code
 
 
 @pytest.mark.parametrize(
@@ -940,13 +1077,13 @@ def test_good_country_codes(code):
 )
 def test_bad_coordinates(coordinates, field):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(**FULL, coordinates=coordinates))
+        b.location_body(Location(**FULL, coordinates=coordinates))
     assert info.value.field == f"default_location.coordinates.{field}"
 
 
 @pytest.mark.parametrize("coordinates", [LatLong(90, 180), LatLong(-90, -180), LatLong(0, 0)])
 def test_edge_coordinates_ok(coordinates):
-    body = v.location_body(Location(**FULL, coordinates=coordinates))
+    body = b.location_body(Location(**FULL, coordinates=coordinates))
     assert body["coordinates"] == {
         "latitude": coordinates.latitude,
         "longitude": coordinates.longitude,
@@ -956,7 +1093,7 @@ def test_edge_coordinates_ok(coordinates):
 @pytest.mark.parametrize("coordinates", [(51.5, 0.1), {"latitude": 1, "longitude": 2}, "51,0"])
 def test_coordinates_not_latlong(coordinates):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(**FULL, coordinates=coordinates))
+        b.location_body(Location(**FULL, coordinates=coordinates))
     assert info.value.field == "default_location.coordinates"
 
 
@@ -964,7 +1101,7 @@ def test_coordinates_not_latlong(coordinates):
 @pytest.mark.parametrize("value", [5, b"x", ["x"], True])
 def test_text_fields_wrong_type(name, value):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(**{**FULL, name: value}))
+        b.location_body(Location(**{**FULL, name: value}))
     assert info.value.field == f"default_location.{name}"
 
 
@@ -972,27 +1109,27 @@ def test_text_fields_wrong_type(name, value):
 @pytest.mark.parametrize("value", [f"{API}/tariffs/{TID}", 5, {"url": "x"}])
 def test_relation_fields_must_be_refs(name, value):
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(**{name: value}))
+        b.location_body(Location(**{name: value}))
     assert info.value.field == f"default_location.{name}"
 
 
 def test_location_body_field_prefix():
     with pytest.raises(InvalidRequest) as info:
-        v.location_body(Location(city="x"), field="loc")
+        b.location_body(Location(city="x"), field="loc")
     assert info.value.field == "loc"
 
 
 def test_user_body():
-    assert v.user_body(email=UNSET, default_location=UNSET) == {}
-    assert v.user_body(email="a@example.com", default_location=UNSET) == {"email": "a@example.com"}
-    assert v.user_body(email=UNSET, default_location=Location(city=None)) == {
+    assert b.user_body(email=UNSET, default_location=UNSET) == {}
+    assert b.user_body(email="a@example.com", default_location=UNSET) == {"email": "a@example.com"}
+    assert b.user_body(email=UNSET, default_location=Location(city=None)) == {
         "default_location": {"city": None}
     }
     with pytest.raises(InvalidRequest) as info:
-        v.user_body(email="nope", default_location=Location(**FULL))
+        b.user_body(email="nope", default_location=Location(**FULL))
     assert info.value.field == "email"
     with pytest.raises(InvalidRequest) as info:
-        v.user_body(email=None, default_location=UNSET)
+        b.user_body(email=None, default_location=UNSET)
     assert info.value.field == "email"
 
 
@@ -1008,7 +1145,7 @@ def test_form_fields():
         "off": False,
         "n": 3,
     }
-    assert v.form_fields(body) == [
+    assert b.form_fields(body) == [
         ("email", "a@example.com"),
         ("default_location.address_1", "1 High St"),
         ("default_location.address_2", ""),
@@ -1021,6 +1158,6 @@ def test_form_fields():
 
 
 def test_form_fields_empty_and_prefix():
-    assert v.form_fields({}) == []
-    assert v.form_fields({"a": {}}) == []
-    assert v.form_fields({"a": 1}, "p.") == [("p.a", "1")]
+    assert b.form_fields({}) == []
+    assert b.form_fields({"a": {}}) == []
+    assert b.form_fields({"a": 1}, "p.") == [("p.a", "1")]

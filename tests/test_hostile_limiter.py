@@ -193,3 +193,20 @@ async def test_callers_behind_a_probe_that_times_out_fail_with_it() -> None:
     # the probe timed out and took the nine waiting behind it along: one request, not ten
     # sent one after another (which took 10 timeouts before this was fixed)
     assert server.requests == 1
+
+
+async def test_with_a_deadline_the_limiters_own_errors_pass_as_they_are() -> None:
+    async def answer(n: int, base: str) -> web.StreamResponse:
+        return await server.hang()
+
+    async with (
+        hostile(answer) as server,
+        client(server, timeout=0.5, max_retries=0, deadline=30.0) as api,
+    ):
+        results = await within(
+            30, asyncio.gather(*(api.users.get(UID) for _ in range(4)), return_exceptions=True)
+        )
+    # the probe timed out; the three behind it failed with it, as a transport error (not sent),
+    # not as a deadline that ran out
+    assert all(type(r) is ev.TransportError for r in results), results
+    assert server.requests == 1

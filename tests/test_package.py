@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -13,7 +14,14 @@ CONTRACT = [
     "Client", "ClientCredentials", "UNSET", "User", "Location", "LatLong", "Tariff", "Supplier",
     "EVSESite", "Ref", "Page", "RateLimit", "RedisRateLimiter", "EvEnergyError", "APIError",
     "BadRequest", "Unauthorized", "Forbidden", "NotFound", "Conflict", "RateLimited",
-    "ServerError", "TransportError", "InvalidResponse", "InvalidRequest",
+    "ServerError", "TransportError", "InvalidResponse", "InvalidRequest", "OutcomeUnknown",
+    "RateLimiterUnavailable", "ClientClosed",
+]  # fmt: skip
+
+ERRORS = [
+    "EvEnergyError", "APIError", "BadRequest", "Unauthorized", "Forbidden", "NotFound",
+    "Conflict", "RateLimited", "ServerError", "TransportError", "OutcomeUnknown",
+    "RateLimiterUnavailable", "InvalidResponse", "InvalidRequest", "ClientClosed",
 ]  # fmt: skip
 
 
@@ -30,6 +38,25 @@ def test_errors_are_also_in_their_module() -> None:
     assert ev.InvalidRequest is errors.InvalidRequest
     assert issubclass(ev.InvalidRequest, ValueError)
     assert issubclass(ev.RateLimited, ev.APIError)
+
+
+@pytest.mark.parametrize("name", ERRORS)
+def test_every_error_is_exported_and_drawn_in_the_tree(name: str) -> None:
+    from evenergy_async import errors
+
+    cls = getattr(ev, name)
+    assert getattr(errors, name) is cls
+    assert name in errors.__all__
+    assert issubclass(cls, ev.EvEnergyError)
+    assert errors.__doc__ is not None
+    assert re.search(rf"[─ ]{name}\b", errors.__doc__), f"{name} is not drawn in the tree"
+
+
+def test_where_the_newer_errors_stand_in_the_tree() -> None:
+    assert issubclass(ev.OutcomeUnknown, ev.TransportError)
+    assert issubclass(ev.RateLimiterUnavailable, ev.TransportError)
+    # closing is final: not a transport failure a caller (or the client) would retry
+    assert not issubclass(ev.ClientClosed, ev.TransportError)
 
 
 def test_unknown_name_is_an_attribute_error() -> None:

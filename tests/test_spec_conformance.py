@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import orjson
+import msgspec
 import pytest
 from spec_conformance import SpecValidator, form_to_json, spec_path
 
@@ -78,7 +78,7 @@ class Recorder:
         assert bool(report.response_errors) is not valid_response, report.problems()
         self.statuses.add(status)
         self.routes.add((method, path.split("?")[0]))
-        return orjson.loads(body) if body[:1] in (b"{", b"[") and valid_response else body
+        return msgspec.json.decode(body) if body[:1] in (b"{", b"[") and valid_response else body
 
 
 @pytest.fixture
@@ -194,6 +194,32 @@ async def test_tariffs_suppliers_and_sites(run: tuple[Recorder, aiohttp.ClientSe
     await r.check(s, "GET", f"/evse_sites/site{'0' * 26}", status=404)
 
 
+async def test_vehicles_and_evses(run: tuple[Recorder, aiohttp.ClientSession]) -> None:
+    r, s = run
+    users = await r.check(s, "GET", "/users?page_size=30", status=200)
+    owner = next(u for u in users if u["vehicles"] and u["evses"])
+    vehicle_id = owner["vehicles"][0].rsplit("/", 1)[1]
+    evse_id = owner["evses"][0].rsplit("/", 1)[1]
+    await r.check(s, "GET", "/vehicles", status=200)
+    page = await r.check(s, "GET", "/vehicles?page_size=2&expand=user", status=200)
+    await r.check(s, "GET", f"/vehicles?page_size=2&page_after={page[-1]['id']}", status=200)
+    await r.check(s, "GET", f"/vehicles?page_before={page[-1]['id']}", status=200)
+    await r.check(s, "GET", "/vehicles", status=200, headers={"EvEnergy-User": owner["id"]})
+    await r.check(s, "GET", f"/vehicles/{vehicle_id}", status=200)
+    await r.check(s, "GET", f"/vehicles/{vehicle_id}?expand=user", status=200)
+    await r.check(s, "GET", f"/vehicles/vhcl{'0' * 26}", status=404)
+    await r.check(s, "GET", "/vehicles?expand=trim", status=400)
+    evses = await r.check(s, "GET", "/evses?page_size=100&expand=user", status=200)
+    assert any("user" not in e for e in evses) and any("user" in e for e in evses)
+    await r.check(s, "GET", f"/evses?page_size=3&page_before={evses[-1]['id']}", status=200)
+    evse = await r.check(s, "GET", f"/evses/{evse_id}?expand=user", status=200)
+    await r.check(s, "GET", f"/evses?cpid={evse['cpid']}", status=200)
+    await r.check(s, "GET", "/evses", status=200, headers={"EvEnergy-User": owner["id"]})
+    await r.check(s, "GET", f"/evses/{evses[0]['id']}", status=200)  # a site's
+    await r.check(s, "GET", f"/evses/evse{'0' * 26}", status=404)
+    await r.check(s, "GET", "/evses?page_after=nope", status=400, valid_request=False)
+
+
 async def test_auth_faults_and_limits(run: tuple[Recorder, aiohttp.ClientSession]) -> None:
     r, s = run
     fake = r.fake
@@ -240,7 +266,7 @@ async def test_auth_faults_and_limits(run: tuple[Recorder, aiohttp.ClientSession
 
 
 def user_body(**location: Any) -> bytes:
-    return orjson.dumps(
+    return msgspec.json.encode(
         {"id": USER, "url": f"https://api.ev.energy/v2/users/{USER}", "default_location": location}
     )
 

@@ -4,26 +4,96 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import Any, Protocol, TypeVar
 
 from yarl import URL
 
 from .. import _sansio
-from .._convert import decode, decode_list
+from .._convert import Codec, decode
 from .._session import Response, merge_params, query_pairs
 from ..errors import EvEnergyError, InvalidResponse
-from ..models import Page
-
-if TYPE_CHECKING:
-    from ..client import Client
+from ..models import Page, User
+from ..refs import Ref
 
 T = TypeVar("T")
 
-__all__ = ["Collection"]
+__all__ = ["MAX_PAGE_SIZE", "Collection", "Position", "Requester", "resumable"]
 
 # Where a page is: the Link URL's own say, never carried over from the first request.
 _POSITION = frozenset({"page", "page_after", "page_before"})
+# The API's largest page (the spec's page_size maximum): what a page asked without one may hold.
+MAX_PAGE_SIZE = 100
+# Empty pages in a row that still link onward before a stream gives up: a cursor cannot move
+# past items that are not there, and `list()` hands nothing to its consumer meanwhile.
+MAX_EMPTY_PAGES = 16
+
+
+class Requester(Protocol):
+    """All a collection needs of its client (one per client or `as_user` view)."""
+
+    @property
+    def base_url(self) -> URL: ...
+
+    @property
+    def max_retries(self) -> int: ...
+
+    async def request(self, method: str, url: URL, **kwargs: Any) -> Response:
+        """Send as the view's acting user; ClientClosed once the client is closed."""
+
+    async def write(
+        self, method: str, url: URL, *, landed: Callable[[], Awaitable[bool]], **kwargs: Any
+    ) -> Response | None:
+        """A write not safe to repeat: `landed()` is asked before it is sent again; None when
+        it found the write landed."""
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run work ahead of the caller (a prefetch) as a task the client's close cancels."""
+        ...
+
+    def check_link(self, reference: str, base: URL) -> URL:
+        """A URL the server gave, if the client may follow it; InvalidResponse if not."""
+        ...
+
+    def remember(self, expanded: Sequence[Ref[Any]]) -> None:
+        """Prime the resolve cache with relations that arrived expanded."""
+
+    async def resolve(self, ref: Ref[Any] | str, field: str | None = None) -> Any:
+        """What decoded Refs resolve through."""
+
+    async def resolve_paths(self, users: Iterable[User], paths: Sequence[str]) -> None:
+        """Resolve the named relations of `users`."""
+
+
+class Position:
+    """Where a stream stands: the ``page_after`` that continues it, nothing lost or repeated."""
+
+    __slots__ = ("cursor",)
+
+    def __init__(self, cursor: str | None) -> None:
+        self.cursor = cursor
+
+
+@contextlib.contextmanager
+def resumable(position: Position) -> Iterator[None]:
+    """Around a stream: the error that ends it carries ``resume_cursor``, where it stood.
+
+    The one place ``resume_cursor`` is set; an outer stream (users with relations resolved)
+    knows better than an inner one (its pages), so the outermost says last."""
+    try:
+        yield
+    except EvEnergyError as exc:
+        exc.resume_cursor = position.cursor
+        raise
 
 
 class Collection:
@@ -31,9 +101,9 @@ class Collection:
 
     path = ""
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
-        self._collection_url = client._base_url / self.path
+    def __init__(self, ctx: Requester) -> None:
+        self._ctx = ctx
+        self._collection_url = ctx.base_url / self.path
 
     def _url(self, *segments: str) -> URL:
         url = self._collection_url
@@ -42,83 +112,114 @@ class Collection:
         return url
 
     async def _get(self, url: URL, cls: type[T], params: Mapping[str, Any] | None = None) -> T:
-        response = await self._client._request("GET", merge_params(url, params or {}))
+        response = await self._ctx.request("GET", merge_params(url, params or {}))
         return self._decode(response, cls)
 
     def _decode(self, response: Response, cls: type[T]) -> T:
-        client = self._client
-        value, expanded = decode(_sansio.decode_json(response.body), cls, client)
-        client._remember(expanded)
+        ctx = self._ctx
+        value, expanded = decode(response.body, cls, ctx)
+        ctx.remember(expanded)
         return value
 
     async def _pages(
         self, url: URL, cls: type[T], params: Mapping[str, Any], cursor: str | None = None
     ) -> AsyncGenerator[Page[T], None]:
         """Every page from `url` on, decoded as `cls`; see `_raw_pages`."""
-        client = self._client
-        pages = self._raw_pages(url, params, cursor)
+        position = Position(cursor)
+        pages = self._raw_pages(url, params, self._page_decoder(cls))
         try:
-            async for raw in pages:
-                try:
-                    items, expanded = decode_list(raw.items, cls, client)
-                except EvEnergyError as exc:
-                    exc.resume_cursor = cursor
-                    raise
-                client._remember(expanded)
-                yield Page(items, raw.next_url, raw.next_cursor, raw.previous_url)
-                cursor = raw.next_cursor or cursor
+            with resumable(position):
+                async for page in pages:
+                    yield page
+                    position.cursor = page.next_cursor or position.cursor
         finally:
             await pages.aclose()
 
+    def _page_decoder(self, cls: type[T]) -> Callable[[bytes], list[T]]:
+        """A page body as `cls` items, in one call (msgspec, in C); relations that arrived
+        expanded prime the resolve cache.  One codec per stream: one Ref per URL across it."""
+        codec = Codec(self._ctx)
+        remember = self._ctx.remember
+
+        def decode_page(body: bytes) -> list[T]:
+            items, expanded = codec.decode_list(body, cls)
+            remember(expanded)
+            return items
+
+        return decode_page
+
     async def _raw_pages(
-        self, url: URL, params: Mapping[str, Any], cursor: str | None = None
-    ) -> AsyncGenerator[Page[Any], None]:
-        """Every page from `url` on as JSON items, following ``Link: rel="next"`` (RFC 8288).
+        self, url: URL, params: Mapping[str, Any], decode_page: Callable[[bytes], list[T]]
+    ) -> AsyncGenerator[Page[T], None]:
+        """Every page from `url` on, its body read by `decode_page` (a JSON array that does not
+        fit raises InvalidResponse), following ``Link: rel="next"`` (RFC 8288).
 
         The next page's request is sent before the current page is handed over, so the network
-        and the decoder work at the same time; at most one page is fetched ahead.  A failure
-        that ends the stream carries ``resume_cursor``: the ``page_after`` to continue from.
+        and the decoder work at the same time; at most one page is fetched ahead.  The stream
+        ends with InvalidResponse when the server's links go round in a circle (a URL or a
+        cursor seen before), keep leading on from empty pages, or a page holds more items than
+        its page size.
         """
-        client = self._client
-        next_url: URL | None = merge_params(url, params)
+        ctx = self._ctx
+        max_items = params.get("page_size", MAX_PAGE_SIZE)
+        first = merge_params(url, params)
+        trail = _Trail()
+        trail.follow(first)
+        next_url: URL | None = first
         fetch: asyncio.Task[Response] | None = None
+        empty_run = 0
         try:
             while next_url is not None:
                 if fetch is None:
-                    fetch = asyncio.ensure_future(client._request("GET", next_url))
-                try:
-                    response = await fetch
-                except EvEnergyError as exc:
-                    exc.resume_cursor = cursor
-                    raise
+                    fetch = ctx.spawn(ctx.request("GET", next_url))
+                response = await fetch
                 fetch = None
                 links = _sansio.links_by_rel(response.headers.get("Link"))
                 following = links.get("next")
                 next_url = None
                 if following is not None:
-                    next_url = client._session.check_origin(
-                        response.url.join(URL(following)), "Link URL"
-                    )
-                    next_url = _keep_filters(next_url, params)
-                    fetch = asyncio.ensure_future(client._request("GET", next_url))
+                    next_url = _keep_filters(ctx.check_link(following, response.url), params)
+                    trail.follow(next_url)
+                    fetch = ctx.spawn(ctx.request("GET", next_url))
                     await asyncio.sleep(0)  # let it be sent before decoding this page
-                items = _sansio.decode_json(response.body)
-                if type(items) is not list:
-                    raise InvalidResponse(f"expected a JSON array, got {type(items).__name__}")
+                items = decode_page(response.body)
+                if len(items) > max_items:
+                    raise InvalidResponse(
+                        f"a page of {len(items)} items, asked for at most {max_items}"
+                    )
+                empty_run = 0 if items else empty_run + 1
+                if empty_run > MAX_EMPTY_PAGES and next_url is not None:
+                    raise InvalidResponse(f"{empty_run} empty pages in a row, still linking on")
                 next_cursor = next_url.query.get("page_after") if next_url is not None else None
                 previous = links.get("previous")
                 yield Page(items, str(next_url) if next_url else None, next_cursor, previous)
-                if next_cursor is not None:
-                    cursor = next_cursor
-        except EvEnergyError as exc:
-            if exc.resume_cursor is None:
-                exc.resume_cursor = cursor
-            raise
         finally:
             if fetch is not None:
                 fetch.cancel()
                 with contextlib.suppress(BaseException):
                     await fetch
+
+
+class _Trail:
+    """The pages a stream has asked for.  A URL or a position (cursor, page number) asked for
+    twice means the server's links go round in a circle (A -> B -> A, a page linking to
+    itself, a cursor that does not move): the stream would never end, so it is refused."""
+
+    __slots__ = ("positions", "urls")
+
+    def __init__(self) -> None:
+        self.urls: set[str] = set()
+        self.positions: set[tuple[tuple[str, str], ...]] = set()
+
+    def follow(self, url: URL) -> None:
+        query = sorted(url.query.items())
+        key = str(url.with_query(query))
+        position = tuple((k, v) for k, v in query if k in _POSITION)
+        if key in self.urls or position in self.positions:
+            raise InvalidResponse(f"the server's Link leads back to a page already read: {key}")
+        self.urls.add(key)
+        if position:
+            self.positions.add(position)
 
 
 def _keep_filters(url: URL, params: Mapping[str, Any]) -> URL:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 from .. import _validate as v
 from ..errors import InvalidRequest
-from ..models import Page, Supplier, Tariff
+from ..models import Page, Supplier, Tariff, TariffPath
 from ..refs import Ref
 from ._base import Collection
 
@@ -21,7 +22,7 @@ class Tariffs(Collection):
         self,
         tariff_id: str,
         *,
-        expand: Iterable[str] = (),
+        expand: TariffPath | Iterable[TariffPath] = (),
         available_for_user_id: str | None = None,
     ) -> Tariff:
         """One tariff (TariffDetail: with `current_price` and `prices`)."""
@@ -42,7 +43,7 @@ class Tariffs(Collection):
         valid: bool | None,
         gsp_group: str | None,
         available_for_user_id: str | None,
-        expand: Iterable[str],
+        expand: TariffPath | Iterable[TariffPath],
     ) -> dict[str, Any]:
         params: dict[str, Any] = {"page_size": v.check_page_size(page_size)}
         if page != 1:
@@ -78,7 +79,7 @@ class Tariffs(Collection):
         valid: bool | None = None,
         gsp_group: str | None = None,
         available_for_user_id: str | None = None,
-        expand: Iterable[str] = (),
+        expand: TariffPath | Iterable[TariffPath] = (),
     ) -> AsyncGenerator[Page[Tariff], None]:
         """Pages of tariffs (sorted by name) from page number `page` on.
 
@@ -87,8 +88,9 @@ class Tariffs(Collection):
         params = self._list_params(
             page_size, page, supplier_id, supplier, valid, gsp_group, available_for_user_id, expand
         )
-        async for result in self._pages(self._url(), Tariff, params):
-            yield result
+        async with contextlib.aclosing(self._pages(self._url(), Tariff, params)) as pages:
+            async for result in pages:
+                yield result
 
     async def list(
         self,
@@ -99,10 +101,10 @@ class Tariffs(Collection):
         valid: bool | None = None,
         gsp_group: str | None = None,
         available_for_user_id: str | None = None,
-        expand: Iterable[str] = (),
+        expand: TariffPath | Iterable[TariffPath] = (),
     ) -> AsyncGenerator[Tariff, None]:
         """Every tariff matching the filters, following the ``Link`` header page by page."""
-        async for page in self.pages(
+        pages = self.pages(
             page_size=page_size,
             supplier_id=supplier_id,
             supplier=supplier,
@@ -110,6 +112,8 @@ class Tariffs(Collection):
             gsp_group=gsp_group,
             available_for_user_id=available_for_user_id,
             expand=expand,
-        ):
-            for tariff in page.items:
-                yield tariff
+        )
+        async with contextlib.aclosing(pages):  # its page fetched ahead ends with this stream
+            async for page in pages:
+                for tariff in page.items:
+                    yield tariff

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import attrs
-import orjson
+import msgspec
 
 from evenergy_async.testing._data import COUNTRY_CODES, LocationRecord, UserRecord
 
@@ -88,8 +88,8 @@ def decode_body(content_type: str, body: bytes) -> tuple[dict[str, object], bool
 
 def _decode_json(body: bytes) -> dict[str, object]:
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
+        data = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError) as error:
         detail = f"JSON parse error - {error}"
         raise BodyError("malformed-request", "Malformed request", detail) from None
     if not isinstance(data, dict):
