@@ -749,14 +749,17 @@ def _plan_text(plan: _sync.SyncPlan, client: Client, unreadable: int = 0) -> str
 
 
 async def _sync_users(args: argparse.Namespace, options: Options, out: _Output) -> int:
-    limiter: RateLimiterProtocol | None = None
-    if args.redis:
-        from ._redis import RedisRateLimiter
-
-        limiter = RedisRateLimiter(args.redis)
     counts: Counter[str] = Counter()
     reader = _RecordReader(args.input, out, counts, args.shard)
-    async with _connect(args, options, limiter) as target:
+    async with contextlib.AsyncExitStack() as stack:
+        limiter: RateLimiterProtocol | None = None
+        if args.redis:
+            from ._redis import RedisRateLimiter
+
+            redis_limiter = RedisRateLimiter(args.redis)
+            stack.push_async_callback(redis_limiter.aclose)  # its connections, after the client
+            limiter = redis_limiter
+        target = await stack.enter_async_context(_connect(args, options, limiter))
         await _run_sync(args, target.client, reader, out, counts)
     return 1 if counts["failed"] else 0
 
