@@ -11,7 +11,7 @@ from evenergy_async.testing import FakeEvEnergy
 
 @pytest.mark.parametrize("with_credentials", [False, True])
 async def test_the_contract_as_written(with_credentials: bool, spec_check) -> None:
-    async with FakeEvEnergy(users=300, tariffs=20, seed=0, on_exchange=spec_check) as fake:
+    async with FakeEvEnergy(users=150, tariffs=20, seed=0, on_exchange=spec_check) as fake:
         auth: dict[str, object] = (
             {
                 "credentials": ev.ClientCredentials(
@@ -38,7 +38,7 @@ async def test_the_contract_as_written(with_credentials: bool, spec_check) -> No
                     page_size=100, email=None, expand=(), page_after=None
                 )
             ]
-            assert len(seen) == 300 and all(isinstance(u, ev.User) for u in seen)
+            assert len(seen) == 150 and all(isinstance(u, ev.User) for u in seen)
 
             first = await client.users.pages(page_size=100).__anext__()
             assert len(first.items) == 100
