@@ -30,10 +30,11 @@ Bounds, whatever the server sends:
 - the outage rule: until the first response and after a 429 one request at a time goes (the
   probe).  If the probe ends without a response after it may have been sent (a timeout, a
   cut connection), the server is not answering: every caller waiting behind it fails at once
-  with `TransportError` (not sent, so safe to retry), instead of each becoming the next probe
-  and waiting out its own timeout in turn.  An outage so costs every caller about one
-  timeout per attempt, and the server still sees only one request at a time.  A probe given
-  back unsent (cancelled before sending) passes to the next caller.
+  with `TransportError` (not sent), instead of each becoming the next probe and waiting out
+  its own timeout in turn.  An outage so costs every caller about one timeout, and the server
+  still sees only one request at a time.  A probe given back unsent, or abandoned by its
+  caller (its task cancelled: Python 3.11+), says nothing about the server and passes to the
+  next caller.
 
 Every method of `WindowState` takes `now`, so tests move a clock instead of sleeping.
 """
@@ -321,6 +322,17 @@ def too_long(wait: float, max_wait: float | None, what: str = "the next token") 
     )
 
 
+def abandoned() -> bool:
+    """Whether the running task is being cancelled: a request released now was abandoned by its
+    caller, which says nothing about the server (Python 3.11+; on 3.10 it counts as failed)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return False
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling is not None and cancelling())
+
+
 def probe_failed() -> TransportError:
     """The error for the callers queued behind a probe that got no response (not sent)."""
     return TransportError(
@@ -406,7 +418,8 @@ class RateLimiter:
             now = asyncio.get_running_loop().time()
         except RuntimeError:  # closed loop: nothing is waiting any more
             return
-        if self._state.on_no_response(ticket, now, sent=sent) and self._waiters:
+        failed = self._state.on_no_response(ticket, now, sent=sent) and not abandoned()
+        if failed and self._waiters:
             log.debug(
                 "rate limit: the probe got no response; failing %d waiting", len(self._waiters)
             )

@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._ratelimit import LimiterStats, clean_wait, probe_failed, too_long
+from ._ratelimit import LimiterStats, abandoned, clean_wait, probe_failed, too_long
 from ._seconds import check_seconds
 from .errors import InvalidRequest, RateLimiterUnavailable
 from .models import RateLimit
@@ -404,19 +404,19 @@ class RedisRateLimiter:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop: the reservation expires by itself
             return
-        task = loop.create_task(self._release(ticket, sent))
+        task = loop.create_task(self._release(ticket, sent, not abandoned()))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _release(self, ticket: Ticket, sent: bool) -> None:
+    async def _release(self, ticket: Ticket, sent: bool, failed: bool = True) -> None:
         try:
-            woke, failed, fail_seq = await self._eval(
-                self._release_script, str(ticket), "1" if sent else "0"
+            woke, probe_failed_, fail_seq = await self._eval(
+                self._release_script, str(ticket), "1" if sent else "0", "1" if failed else "0"
             )
         except RateLimiterUnavailable as exc:
             log.warning("rate limit: could not release a token: %s", exc)
             return
-        if int(failed):
+        if int(probe_failed_):
             log.debug("rate limit (shared %s): the probe got no response", self._key)
             self._fail_behind_probe(int(fail_seq))
         if woke:

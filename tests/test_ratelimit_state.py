@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -961,6 +962,29 @@ async def test_a_probe_given_back_unsent_passes_to_the_next_caller():
     for w in waiters[1:]:
         w.cancel()
     await asyncio.gather(*waiters[1:], return_exceptions=True)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is 3.11+")
+@virtual
+async def test_a_probe_abandoned_by_its_caller_passes_to_the_next():
+    limiter = RateLimiter(3600.0)
+
+    async def call() -> None:
+        ticket = await limiter.acquire()
+        try:
+            await asyncio.sleep(3600)  # the request in flight
+        except asyncio.CancelledError:
+            limiter.release(ticket, sent=True)  # as the session does when its caller gives up
+            raise
+
+    caller = asyncio.ensure_future(call())
+    await settle()
+    waiter = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(1.0)
+    caller.cancel()
+    await asyncio.gather(caller, return_exceptions=True)
+    await waiter  # the next probe: a caller giving up says nothing about the server
+    assert now() == 1.0
 
 
 @virtual
