@@ -1027,3 +1027,25 @@ async def test_the_plan_is_told_after_a_look_up_and_before_the_first_write(
     assert requests >= 1 and writes == 0
     assert rate is not None and rate.limit == 100_000  # known when the plan is told
     assert _writes(fake) == 7
+
+
+async def test_a_listing_that_fails_ends_the_run_without_a_resume_cursor(
+    world: tuple[FakeEvEnergy, ev.Client, Recorder],
+) -> None:
+    fake, client, recorder = world
+    records = [{"email": f"nobody{i}@example.com"} for i in range(20)]  # found on no page
+    pages = 0
+
+    def after(exchange: Exchange) -> None:
+        nonlocal pages
+        if exchange.method == "GET":
+            pages += 1
+            if pages == 2:
+                fake.faults.fail_next(1, status=401)  # the third page
+
+    recorder.after = after
+    with pytest.raises(ev.Unauthorized) as caught:
+        await _sync_all(client, records)
+    assert pages == 3  # two pages, then the refused one
+    assert caught.value.resume_cursor is None  # not a stream: run it again instead
+    assert _writes(fake) == 0

@@ -145,6 +145,10 @@ class SyncRun:
                         break
                     if not _sync.keep_listing(pages, len(self._unmatched), to_match, self._lookup):
                         break
+            except EvEnergyError as exc:
+                # A sync is resumed by running it again, not from the listing's cursor.
+                exc.resume_cursor = None
+                raise
             finally:
                 await stream.aclose()
         left = sorted(self._unmatched.values(), key=lambda r: r.index)
