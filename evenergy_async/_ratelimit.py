@@ -14,6 +14,28 @@ than its response arrives, so its token is back no later than response time + wi
 learns from every response how much of the budget others spend.  `RateLimiter` wraps it for
 asyncio: fair FIFO waiters, woken by one timer, never by polling.
 
+Bounds, whatever the server sends:
+
+- a waiter's `max_wait` holds at every moment, not only when it joins the queue: whenever the
+  state changes (a 429, a response that shows others spending, a release) each waiter's
+  estimated wait is checked against what is left of its own bound, and one timer ends a wait
+  at its bound, so a wait ends in `RateLimited` (with `retry_after` the estimate) promptly;
+- a 429 pauses everyone for Retry-After, but at least `PAUSE_MIN` seconds, doubled by each
+  consecutive 429 up to `PAUSE_MAX_BACKOFF` (a response other than 429 resets it; 429s of
+  requests sent before the previous 429 came back count once), and at most one window (by
+  then the server's window holds nothing it held; a longer pause would be a locked client);
+- a limit below 1 or above `MAX_LIMIT` is ignored (0 would stop every request with no timer
+  to end it; a huge one with "0 remaining" would mean the same); a NaN Retry-After is taken
+  as absent;
+- the outage rule: until the first response and after a 429 one request at a time goes (the
+  probe).  If the probe ends without a response after it may have been sent (a timeout, a
+  cut connection), the server is not answering: every caller waiting behind it fails at once
+  with `TransportError` (not sent), instead of each becoming the next probe and waiting out
+  its own timeout in turn.  An outage so costs every caller about one timeout, and the server
+  still sees only one request at a time.  A probe given back unsent, or abandoned by its
+  caller (its task cancelled: Python 3.11+), says nothing about the server and passes to the
+  next caller.
+
 Every method of `WindowState` takes `now`, so tests move a clock instead of sleeping.
 """
 
@@ -29,7 +51,7 @@ from typing import Protocol
 import attrs
 
 from ._seconds import check_seconds
-from .errors import RateLimited
+from .errors import RateLimited, TransportError
 from .models import RateLimit
 
 __all__ = ["LimiterStats", "RateLimiter", "RateLimiterProtocol", "WindowState"]
@@ -37,6 +59,14 @@ __all__ = ["LimiterStats", "RateLimiter", "RateLimiterProtocol", "WindowState"]
 log = logging.getLogger("evenergy_async")
 
 Ticket = int
+
+# A 429 pauses every request for at least PAUSE_MIN seconds, doubled by each consecutive 429
+# up to PAUSE_MAX_BACKOFF, whatever Retry-After says (0, negative, a date in the past).
+PAUSE_MIN = 1.0
+PAUSE_MAX_BACKOFF = 60.0
+# A larger X-RateLimit-Limit is ignored, like one below 1: no real budget is that large (and
+# the arithmetic stays exact in the Redis scripts' doubles).
+MAX_LIMIT = 1_000_000_000
 
 
 class WindowState:
@@ -55,7 +85,10 @@ class WindowState:
         self.probe_every = self.window / 20
         self.limit: int | None = None  # None: not known yet, or the server sends none
         self.blocked_until = 0.0
+        self.throttled = 0  # consecutive 429s (the backoff's exponent); 0 after a success
         self._need_probe = True  # no fresh view of the server's window
+        self._probe: Ticket | None = None  # the request let through alone, while in flight
+        self._fresh_from = 0  # tickets below this were sent before the latest 429 was seen
         self._next_ticket = 0
         self._in_flight: list[Ticket] = []  # ascending: tickets are handed out in order
         self._done: collections.deque[float] = collections.deque()  # response times, ascending
@@ -94,12 +127,14 @@ class WindowState:
         """A ticket if a request sent at `now` will be accepted, else None."""
         if now < self.blocked_until:
             return None
-        if self._need_probe or (self.limit is not None and self.used(now) >= self.limit):
-            if self._in_flight or not self._may_probe(now):
-                return None
+        probe = self._need_probe or (self.limit is not None and self.used(now) >= self.limit)
+        if probe and (self._in_flight or not self._may_probe(now)):
+            return None
         ticket = self._next_ticket
         self._next_ticket += 1
         self._in_flight.append(ticket)
+        if probe:
+            self._probe = ticket
         return ticket
 
     def _may_probe(self, now: float) -> bool:
@@ -127,23 +162,36 @@ class WindowState:
 
     def estimate_wait(self, now: float, ahead: int) -> float:
         """Seconds until a request behind `ahead` waiting ones may go, assuming every request in
-        flight is answered now.  Used to refuse waits longer than a caller allows."""
+        flight is answered now.  Used to refuse waits longer than a caller allows.
+
+        The budget is `limit` slots; a slot in use frees when its request leaves the window
+        (own answered: response + window; in flight: now + window; others': the end of their
+        estimate), a free slot is free now, and a slot handed to a waiter frees a window after
+        that.  So waiter j (from 0) gets the (j mod limit)-th slot, j // limit turns later.
+        """
         blocked = max(0.0, self.blocked_until - now)
         if self.limit is None:
             return blocked
-        excess = self.used(now) + ahead + 1 - self.limit
-        if excess <= 0:
-            return blocked
-        expiries = [t + self.window for t in self._done]
-        expiries.extend([now + self.window] * len(self._in_flight))
-        expiries.extend([self._others_until] * self.others(now))
-        expiries.sort()
-        if not expiries:
-            return math.inf  # nothing of ours to come back and others' spending unknown
-        # Every token handed out comes back a window later, so the queue moves a full turn of
-        # `len(expiries)` requests per window.
-        turns, index = divmod(excess - 1, len(expiries))
-        return max(blocked, expiries[index] + turns * self.window - now)
+        used = self.used(now)
+        turns, index = divmod(ahead, self.limit)
+        rank = index + 1 + used - self.limit  # among the slots in use, by when they free
+        at = now if rank <= 0 else self._kth_expiry(now, rank)
+        return max(blocked, at + turns * self.window - now)
+
+    def _kth_expiry(self, now: float, k: int) -> float:
+        """The `k`-th (from 1) earliest time a token in use returns; `k` <= used(now)."""
+        done, window = self._done, self.window
+        others = self.others(now)
+        if others:
+            before = bisect.bisect_left(done, self._others_until - window)
+            if k <= before:
+                return done[k - 1] + window
+            if k <= before + others:
+                return self._others_until
+            k -= others
+        if k <= len(done):
+            return done[k - 1] + window
+        return now + window  # in flight: answered now at the earliest
 
     # --- learning ---
 
@@ -151,16 +199,21 @@ class WindowState:
         """A response to `ticket` arrived at `now` carrying the headers in `rate`."""
         if self._finish(ticket):
             self._done.append(now)
-        if rate is not None and rate.limit is not None:
-            self.limit = rate.limit
+        limit = rate.limit if rate is not None else None
+        if limit is not None and 1 <= limit <= MAX_LIMIT:  # else absurd: ignored (0 would
+            self.limit = limit  # stop every request with no timer to end it)
+        # Answers to requests sent before the latest 429 was seen are old news about it.
+        fresh = ticket >= self._fresh_from
         if status == 429:
-            wait = rate.retry_after if rate is not None else None
-            if wait is None:  # no Retry-After: until one of our own tokens returns
-                wait = self._done[0] + self.window - now if self._done else self.probe_every
-            self.blocked_until = max(self.blocked_until, now + wait)
+            if fresh:
+                self.throttled += 1
+                self._fresh_from = self._next_ticket
             self._need_probe = True
+            self.blocked_until = max(self.blocked_until, now + self._pause(now, rate))
             return
-        self._need_probe = False
+        if fresh:
+            self._need_probe = False
+            self.throttled = 0
         remaining = rate.remaining if rate is not None else None
         if self.limit is None or remaining is None or ticket < self._observed_ticket:
             return  # nothing to learn, or an older answer than one already learned from
@@ -172,23 +225,50 @@ class WindowState:
         self._others = max(0, self.limit - remaining - ours)
         self._others_until = now + self.window
 
-    def on_no_response(self, ticket: Ticket, now: float, *, sent: bool) -> None:
+    def _pause(self, now: float, rate: RateLimit | None) -> float:
+        """How long a 429 pauses everyone: Retry-After, but never less than the backoff of
+        consecutive 429s and never more than a window (by then the server's window holds
+        nothing it held, so a longer wait would be a locked client, not a rate limit)."""
+        wait = clean_wait(rate.retry_after if rate is not None else None)
+        if wait is None:  # no Retry-After: until one of our own tokens returns
+            self._expire(now)
+            wait = self._done[0] + self.window - now if self._done else self.probe_every
+        backoff = PAUSE_MIN * 2.0 ** min(max(self.throttled - 1, 0), 30)
+        return min(max(wait, min(backoff, PAUSE_MAX_BACKOFF)), self.window)
+
+    def on_no_response(self, ticket: Ticket, now: float, *, sent: bool) -> bool:
         """The request ended without a response: failed, timed out or cancelled.
 
         If it may have reached the server it counts until `now` + window; if it was never
-        sent its token is simply returned.
+        sent its token is simply returned.  True if it was the probe and may have been sent:
+        the server did not answer the one request let through, so the requests waiting
+        behind it should fail now rather than each wait out its own timeout.
         """
-        if self._finish(ticket) and sent:
+        was_probe = ticket == self._probe
+        if not self._finish(ticket):
+            return False
+        if sent:
             self._done.append(now)
+        return sent and was_probe
 
     def _finish(self, ticket: Ticket) -> bool:
         """Take `ticket` out of the in-flight list; False if it was not there."""
+        if ticket == self._probe:
+            self._probe = None
         in_flight = self._in_flight
         index = bisect.bisect_left(in_flight, ticket)
         if index < len(in_flight) and in_flight[index] == ticket:
             del in_flight[index]
             return True
         return False
+
+
+def clean_wait(seconds: float | None) -> float | None:
+    """A Retry-After in seconds fit to compute with: None if absent or NaN, else >= 0
+    (infinity stays: the caller caps it)."""
+    if seconds is None or math.isnan(seconds):
+        return None
+    return max(0.0, float(seconds))
 
 
 @attrs.define
@@ -222,14 +302,59 @@ class RateLimiterProtocol(Protocol):
         ...
 
 
+class _Waiter:
+    __slots__ = ("deadline", "future", "max_wait")
+
+    def __init__(self, future: asyncio.Future[Ticket], deadline: float, max_wait: float) -> None:
+        self.future = future
+        self.deadline = deadline  # loop time; inf: no bound
+        self.max_wait = max_wait
+
+
+def too_long(wait: float, max_wait: float | None, what: str = "the next token") -> RateLimited:
+    """The error for a wait over the caller's bound; `retry_after` is the estimated wait."""
+    bound = "" if max_wait is None else f", over max_rate_limit_wait={max_wait:g} s"
+    return RateLimited(
+        429,
+        retry_after=wait,
+        title="Rate limit wait too long",
+        detail=f"{what} is about {wait:.1f} s away{bound}",
+    )
+
+
+def abandoned() -> bool:
+    """Whether the running task is being cancelled: a request released now was abandoned by its
+    caller, which says nothing about the server (Python 3.11+; on 3.10 it counts as failed)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return False
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling is not None and cancelling())
+
+
+def probe_failed() -> TransportError:
+    """The error for the callers queued behind a probe that got no response (not sent)."""
+    return TransportError(
+        "not sent: the request let through ahead of this one to test the server got no "
+        "response, so this one would most likely have failed the same way"
+    )
+
+
 class RateLimiter:
-    """The in-process limiter: one per client, shared by its tasks and `as_user` views."""
+    """The in-process limiter: one per client, shared by its tasks and `as_user` views.
+
+    Every waiter has its own bound (`acquire`'s `max_wait`, measured from its call): it is
+    checked whenever the state changes (a response, a 429, a release) against the estimated
+    wait, and a timer ends the wait at the bound itself, so no waiter waits longer than it
+    allows, however the estimate changes after it joined the queue.
+    """
 
     def __init__(self, window: float = 3600.0) -> None:
         self._state = WindowState(window)
         self.window = self._state.window
         self.stats = LimiterStats()
-        self._waiters: collections.deque[asyncio.Future[Ticket]] = collections.deque()
+        self._waiters: collections.deque[_Waiter] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
 
     def configure(self, *, window: float) -> None:
@@ -252,14 +377,8 @@ class RateLimiter:
                 self.stats.granted += 1
                 return ticket
         estimate = self._state.estimate_wait(now, len(self._waiters))
-        if max_wait is not None and estimate > max_wait:
-            raise RateLimited(
-                429,
-                retry_after=estimate,
-                title="Rate limit wait too long",
-                detail=f"the next token is about {estimate:.1f} s away, "
-                f"over max_rate_limit_wait={max_wait:g} s",
-            )
+        if max_wait is not None and (estimate > max_wait or max_wait <= 0):
+            raise too_long(estimate, max_wait)
         log.debug(
             "rate limit: waiting behind %d, about %.2f s (limit %s, window %g s)",
             len(self._waiters),
@@ -268,7 +387,8 @@ class RateLimiter:
             self.window,
         )
         future: asyncio.Future[Ticket] = loop.create_future()
-        self._waiters.append(future)
+        bound = math.inf if max_wait is None else max_wait
+        self._waiters.append(_Waiter(future, now + bound, bound))
         self.stats.waits += 1
         self._wake()
         try:
@@ -298,28 +418,54 @@ class RateLimiter:
             now = asyncio.get_running_loop().time()
         except RuntimeError:  # closed loop: nothing is waiting any more
             return
-        self._state.on_no_response(ticket, now, sent=sent)
+        failed = self._state.on_no_response(ticket, now, sent=sent) and not abandoned()
+        if failed and self._waiters:
+            log.debug(
+                "rate limit: the probe got no response; failing %d waiting", len(self._waiters)
+            )
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.future.done():
+                    waiter.future.set_exception(probe_failed())
         if self._waiters:
             self._wake()
 
     def _wake(self) -> None:
-        """Grant tokens to waiters in order; arm one timer for the next possible grant."""
+        """Grant tokens to waiters in order, end the waits over their bound, and arm one
+        timer for the next possible grant or bound."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         waiters = self._waiters
         loop = asyncio.get_running_loop()
         now = loop.time()
+        state = self._state
         while waiters:
-            if waiters[0].done():  # cancelled while waiting
+            if waiters[0].future.done():  # cancelled while waiting
                 waiters.popleft()
                 continue
-            ticket = self._state.try_acquire(now)
+            ticket = state.try_acquire(now)
             if ticket is None:
                 break
-            waiters.popleft().set_result(ticket)
+            waiters.popleft().future.set_result(ticket)
+        ahead = 0
+        first_deadline = math.inf
+        for waiter in waiters:
+            if waiter.future.done():
+                continue
+            if waiter.deadline < math.inf:
+                estimate = state.estimate_wait(now, ahead)
+                if now >= waiter.deadline or now + estimate > waiter.deadline:
+                    waiter.future.set_exception(too_long(estimate, waiter.max_wait))
+                    continue
+                first_deadline = min(first_deadline, waiter.deadline)
+            ahead += 1
+        while waiters and waiters[0].future.done():
+            waiters.popleft()
         if waiters:
-            when = self._state.next_change(now)
+            when = state.next_change(now)
+            if first_deadline < math.inf:
+                when = first_deadline if when is None else min(when, first_deadline)
             if when is not None:
                 # A millisecond late, so the loop's clock resolution never fires it early.
                 self._timer = loop.call_at(when + 0.001, self._wake)

@@ -12,10 +12,23 @@ process and task that uses the same key, as if they were one client:
 - ``blocked_until`` from any worker's 429: one refusal pauses the whole fleet;
 - probes: until a response has told the budget, and again after a 429, one request at a
   time for the whole fleet; when only the estimate of others' spending stands in the way,
-  one request every window / 20 asks the server again.
+  one request every window / 20 asks the server again;
+- the bounds of `_ratelimit`: a 429 pauses for at least 1 s, doubled by consecutive 429s up
+  to 60 s, and at most a window; a limit below 1 or above 10**9 is ignored; a probe that got
+  no response fails every caller of every process that was waiting behind it
+  (`TransportError`, not sent); each waiter's `max_wait` is checked whenever the budget
+  changes (a 429 anywhere in the fleet wakes the waiters to look) and ends at its bound on
+  the waiter's own clock.
 
-Every decision (acquire, record, release) is one Lua script, so it is atomic, and its clock is
-Redis ``TIME``: the hosts' clocks do not matter, only durations measured on one clock do.
+Every decision (acquire, record, release) is one Lua script, so it is atomic.  The scripts live
+in ``evenergy_async/lua/`` (package data): ``prelude.lua`` holds the rules, one function per
+`WindowState` method, and the tests drive both through the same random sequences and compare
+grants, waits and pauses.  Their clock is Redis ``TIME``: the hosts' clocks do not matter, only
+durations measured on one clock do (``clock=`` replaces it, for tests and simulations).
+
+A dead Redis: every call raises `RateLimiterUnavailable` after one attempt (no retries by
+redis-py or by the limiter), so within `connect_timeout` when Redis cannot be reached and
+`socket_timeout` when it stops answering.
 
 A worker that dies with requests in flight loses nothing for the others: a reservation
 expires `reservation_ttl` seconds after it was granted and then counts as a request answered
@@ -50,19 +63,21 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import importlib.resources
 import logging
 import math
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._ratelimit import LimiterStats
+from ._ratelimit import LimiterStats, abandoned, clean_wait, probe_failed, too_long
 from ._seconds import check_seconds
-from .errors import InvalidRequest, RateLimited, RateLimiterUnavailable
+from .errors import InvalidRequest, RateLimiterUnavailable
 from .models import RateLimit
 
 if TYPE_CHECKING:
@@ -79,6 +94,8 @@ Ticket = int
 DEFAULT_PREFIX = "evenergy:ratelimit"
 # How long past its planned wake-up a waiting process keeps its place in the queue.
 WAITER_GRACE = 1.0
+# Local waiters whose estimated wait each acquire reports (the rest: their deadline only).
+MAX_ESTIMATES = 100
 
 
 def fingerprint(secret: str) -> str:
@@ -106,378 +123,36 @@ class BudgetSnapshot:
 
 # --- the scripts -------------------------------------------------------------------------
 #
-# KEYS: 1 hash, 2 inflight, 3 expiry, 4 done, 5 waitq, 6 waitdl, 7 waitn
-# ARGV: 1 window, 2 channel, 3 reservation_ttl, 4 this process's id, then per script.
+# In evenergy_async/lua/ (package data): prelude.lua holds the window rules (one function per
+# `WindowState` method), each script file one decision.
 
-_PRELUDE = r"""
--- Redis < 5 needs this to write after TIME; later versions always replicate effects.
-if redis.replicate_commands then pcall(redis.replicate_commands) end
-local H, INF, EXP, DONE, WQ, WD, WN = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local window = tonumber(ARGV[1])
-local channel = ARGV[2]
-local res_ttl = tonumber(ARGV[3])
-local me = ARGV[4]
-local probe_every = window / 20
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 
-local function fmt(x) return string.format('%.6f', x) end
-local function opt(s) if s == nil or s == '' then return nil end return tonumber(s) end
-
-local st = {}
-do
-  local v = redis.call('HMGET', H, 'limit', 'need_probe', 'blocked_until', 'others',
-                       'others_until', 'observed', 'observed_at')
-  st.limit = tonumber(v[1])
-  st.need_probe = v[2] ~= '0'  -- no fresh view of the server's window (a new budget, a 429)
-  st.blocked_until = tonumber(v[3]) or 0
-  st.others = tonumber(v[4]) or 0
-  st.others_until = tonumber(v[5]) or 0
-  st.observed = tonumber(v[6]) or -1
-  st.observed_at = tonumber(v[7]) or -math.huge
-end
-
-local function save()
-  local f = {'need_probe', st.need_probe and '1' or '0', 'blocked_until', fmt(st.blocked_until),
-             'others', st.others, 'others_until', fmt(st.others_until),
-             'observed', string.format('%d', st.observed), 'window', ARGV[1]}
-  if st.observed_at > -math.huge then
-    f[#f + 1] = 'observed_at'; f[#f + 1] = fmt(st.observed_at)
-  end
-  if st.limit ~= nil then f[#f + 1] = 'limit'; f[#f + 1] = st.limit end
-  redis.call('HSET', H, unpack(f))
-end
-
--- Abandoned budgets vanish: everything expires a window (plus a reservation's life, or
--- the rest of a 429 pause) after the last use.
-local function touch()
-  local keep = window + res_ttl
-  if st.blocked_until - now > keep then keep = st.blocked_until - now end
-  local ms = math.ceil(keep * 1000) + 1000
-  redis.call('HSET', H, 'window', ARGV[1])
-  for i = 1, 7 do redis.call('PEXPIRE', KEYS[i], ms) end
-end
-
--- Drop answered requests out of the window; a reservation past its expiry (its worker died,
--- or never reported) counts as a request answered at its expiry.
-local function expire()
-  local due = redis.call('ZRANGEBYSCORE', EXP, '-inf', fmt(now), 'WITHSCORES')
-  for i = 1, #due, 2 do
-    redis.call('ZREM', INF, due[i])
-    redis.call('ZADD', DONE, due[i + 1], due[i])
-  end
-  if #due > 0 then redis.call('ZREMRANGEBYSCORE', EXP, '-inf', fmt(now)) end
-  redis.call('ZREMRANGEBYSCORE', DONE, '-inf', fmt(now - window))
-end
-
-local function others_now()
-  if st.others > 0 and now < st.others_until then return st.others end
-  return 0
-end
-
--- The fleet's own requests the server may hold in its window.
-local function own()
-  return redis.call('ZCARD', INF) + redis.call('ZCARD', DONE)
-end
-
-local function used()
-  return own() + others_now()
-end
-
--- WindowState._may_probe: with no fresh view, or full by the estimate of others' spending
--- alone (which may be stale), one request every window / 20 asks the server again.
-local function may_probe()
-  if st.need_probe then return true end
-  return own() < st.limit and now >= st.observed_at + probe_every
-end
-
--- How many requests may be sent now (WindowState.try_acquire, counted).
-local function capacity()
-  if now < st.blocked_until then return 0 end
-  if st.need_probe or (st.limit ~= nil and used() >= st.limit) then
-    if redis.call('ZCARD', INF) > 0 or not may_probe() then return 0 end
-    return 1
-  end
-  if st.limit == nil then return math.huge end
-  return st.limit - used()
-end
-
-local function first_score(key)
-  local r = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if r[2] then return tonumber(r[2]) end
-  return nil
-end
-
--- WindowState.next_change, plus the expiry of reservations: a dead worker's request stops
--- being in flight then (which may allow a probe).
-local function next_change()
-  if now < st.blocked_until then return st.blocked_until end
-  local first_exp = first_score(EXP)
-  if st.need_probe or st.limit == nil then return first_exp end
-  local c = first_exp
-  local function consider(t)
-    if c == nil or t < c then c = t end
-  end
-  local d = first_score(DONE)
-  if d ~= nil then consider(d + window) end
-  if others_now() > 0 then
-    consider(st.others_until)
-    if first_exp == nil and own() < st.limit then consider(st.observed_at + probe_every) end
-  end
-  return c
-end
-
--- WindowState.estimate_wait: seconds until a request behind `ahead` others may go,
--- assuming every request in flight is answered now.
-local function estimate_wait(ahead)
-  local blocked = math.max(0, st.blocked_until - now)
-  if st.limit == nil then return blocked end
-  local ndone = redis.call('ZCARD', DONE)
-  local ninf = redis.call('ZCARD', INF)
-  local oth = others_now()
-  local excess = ndone + ninf + oth + ahead + 1 - st.limit
-  if excess <= 0 then return blocked end
-  local total = ndone + ninf + oth
-  if total == 0 then return math.huge end  -- nothing of ours comes back, others unknown
-  -- every token comes back a window after it was spent: the queue moves `total` a window
-  local turns = math.floor((excess - 1) / total)
-  excess = excess - turns * total
-  -- the excess-th smallest of: done + window (sorted), others_until (oth times),
-  -- now + window (ninf times); everything is <= now + window.
-  local before = 0
-  if oth > 0 then
-    before = redis.call('ZCOUNT', DONE, '-inf', '(' .. fmt(st.others_until - window))
-  end
-  local at
-  if excess <= before then
-    at = tonumber(redis.call('ZRANGE', DONE, excess - 1, excess - 1, 'WITHSCORES')[2]) + window
-  elseif excess <= before + oth then
-    at = st.others_until
-  elseif excess <= ndone + oth then
-    local k = excess - oth - 1
-    at = tonumber(redis.call('ZRANGE', DONE, k, k, 'WITHSCORES')[2]) + window
-  else
-    at = now + window
-  end
-  return math.max(blocked, at + turns * window - now)
-end
-
-local function notify()
-  if redis.call('ZCARD', WQ) > 0 then redis.call('PUBLISH', channel, me) end
-end
-
-local function purge_waiters()
-  local gone = redis.call('ZRANGEBYSCORE', WD, '-inf', fmt(now))
-  for _, m in ipairs(gone) do
-    redis.call('ZREM', WQ, m)
-    redis.call('HDEL', WN, m)
-    redis.call('ZREM', WD, m)
-  end
-  return #gone > 0
-end
-
-local function leave()
-  local removed = redis.call('ZREM', WQ, me)
-  redis.call('HDEL', WN, me)
-  redis.call('ZREM', WD, me)
-  return removed == 1
-end
-
--- After a change: tell waiters if a token came free, or may come free sooner than they were
--- told (capacity and next change as they were before it).  1 if they were told, else 0.
-local function wake_if_freed(cap0, nc0)
-  local cap1, nc1 = capacity(), next_change()
-  if cap1 > cap0 or (cap1 == 0 and nc1 ~= nil and (nc0 == nil or nc1 < nc0)) then
-    notify()
-    return 1
-  end
-  return 0
-end
-"""
-
-# ARGV 5 want, 6 local waiters ahead (for the estimate), 7 max_wait or '', 8 poll, 9 grace.
-# Returns {granted, wait or '', estimate or '', queued (0/1), ticket...}.
-_ACQUIRE = r"""
-expire()
-local changed = purge_waiters()
-local want = tonumber(ARGV[5])
-local ahead_local = tonumber(ARGV[6])
-local max_wait = opt(ARGV[7])
-local poll = tonumber(ARGV[8])
-local grace = tonumber(ARGV[9])
-
--- Processes queued before this one, the tokens they want, and their earliest deadline.
-local rank = redis.call('ZRANK', WQ, me)
-local older_ids
-if rank == false or rank == nil then
-  rank = nil
-  older_ids = redis.call('ZRANGE', WQ, 0, -1)
-elseif rank > 0 then
-  older_ids = redis.call('ZRANGE', WQ, 0, rank - 1)
-else
-  older_ids = {}
-end
-local older, older_deadline = 0, nil
-for _, m in ipairs(older_ids) do
-  older = older + (tonumber(redis.call('HGET', WN, m)) or 0)
-  local dl = tonumber(redis.call('ZSCORE', WD, m))
-  if dl ~= nil and (older_deadline == nil or dl < older_deadline) then older_deadline = dl end
-end
-
-if want == 0 then
-  touch()
-  return {0, '', fmt(estimate_wait(older + ahead_local)), rank and 1 or 0}
-end
-
-local cap = capacity()
-local n = want
-if cap - older < n then n = cap - older end
-if n < 0 then n = 0 end
-
-if n == 0 and max_wait ~= nil then
-  local est = estimate_wait(older + ahead_local)
-  if est > max_wait then
-    if changed then notify() end
-    touch()
-    return {0, '', fmt(est), rank and 1 or 0}
-  end
-end
-
-local out = {n, '', '', 0}
-if n > 0 then
-  if redis.call('HEXISTS', H, 'seq') == 0 then
-    -- tickets keep growing even if an idle budget expired and is started again
-    redis.call('HSET', H, 'seq', clock[1] .. string.format('%06d', tonumber(clock[2])))
-  end
-  local expiry = fmt(now + res_ttl)
-  for _ = 1, n do
-    local tk = string.format('%d', redis.call('HINCRBY', H, 'seq', 1))
-    redis.call('ZADD', INF, tk, tk)
-    redis.call('ZADD', EXP, expiry, tk)
-    out[#out + 1] = tk
-  end
-end
-
-local left = want - n
-if left > 0 then
-  local wait = nil
-  if cap - n > 0 then
-    -- tokens are free but older waiters come first: they publish when served
-    if older_deadline ~= nil then wait = math.max(0, older_deadline - now) end
-  else
-    local nc = next_change()
-    if nc ~= nil then wait = math.max(0, nc - now) end
-  end
-  local sleep = poll
-  if wait ~= nil and wait < sleep then sleep = wait end
-  if rank == nil or n > 0 then
-    -- join the queue, or (served) go to its back
-    redis.call('ZADD', WQ, fmt(now), me)
-    if rank ~= nil then changed = true end
-  end
-  redis.call('HSET', WN, me, left)
-  redis.call('ZADD', WD, fmt(now + sleep + grace), me)
-  if wait ~= nil then out[2] = fmt(wait) end
-  out[4] = 1
-elseif rank ~= nil then
-  leave()
-  changed = true
-end
-if changed then notify() end
-touch()
-return out
-"""
-
-# ARGV 5 ticket, 6 limit or '', 7 remaining or '', 8 retry_after or '', 9 status.
-# Returns 1 if a token was freed for waiters (and they were told), else 0.
-_RECORD = r"""
-expire()
-local cap0, nc0 = capacity(), next_change()
-local tks = ARGV[5]
-local tk = tonumber(tks)
-local limit = opt(ARGV[6])
-local remaining = opt(ARGV[7])
-local retry_after = opt(ARGV[8])
-local status = tonumber(ARGV[9])
-
-if redis.call('ZREM', INF, tks) == 1 then
-  redis.call('ZREM', EXP, tks)
-  redis.call('ZADD', DONE, fmt(now), tks)
-elseif redis.call('ZSCORE', DONE, tks) then
-  redis.call('ZADD', DONE, fmt(now), tks)  -- answered after its reservation expired
-end
-if limit ~= nil then st.limit = limit end
-if status == 429 then
-  local wait = retry_after
-  if wait == nil then  -- no Retry-After: until one of the fleet's tokens returns
-    local d = first_score(DONE)
-    if d ~= nil then wait = d + window - now else wait = probe_every end
-  end
-  if now + wait > st.blocked_until then st.blocked_until = now + wait end
-  st.need_probe = true
-else
-  st.need_probe = false
-  if st.limit ~= nil and remaining ~= nil and tk >= st.observed then
-    st.observed = tk
-    st.observed_at = now
-    -- the server counted our requests sent before this one; later ones may not have arrived
-    local later = redis.call('ZCOUNT', INF, '(' .. tks, '+inf')
-    st.others = math.max(0, st.limit - remaining - (own() - later))
-    st.others_until = now + window
-  end
-end
-save()
-touch()
-return wake_if_freed(cap0, nc0)
-"""
-
-# ARGV 5 ticket, 6 sent (1/0).  Returns 1 if a token was freed for waiters, else 0.
-_RELEASE = r"""
-expire()
-local cap0, nc0 = capacity(), next_change()
-local tks = ARGV[5]
-local sent = ARGV[6] == '1'
-if redis.call('ZREM', INF, tks) == 1 then
-  redis.call('ZREM', EXP, tks)
-  if sent then redis.call('ZADD', DONE, fmt(now), tks) end
-elseif redis.call('ZSCORE', DONE, tks) then
-  -- its reservation had expired: it counts from now if it may have been sent, else not at all
-  if sent then redis.call('ZADD', DONE, fmt(now), tks) else redis.call('ZREM', DONE, tks) end
-end
-touch()
-return wake_if_freed(cap0, nc0)
-"""
-
-_LEAVE = r"""
-local changed = purge_waiters()
-if leave() then changed = true end
-if changed then notify() end
-touch()
-return 0
-"""
-
-# Returns {window, limit or '', need_probe, used, in flight, done, others, blocked_for,
-# waiting processes, waiting tasks}.
-_SNAPSHOT = r"""
-local stored = tonumber(redis.call('HGET', H, 'window'))
-if stored ~= nil then window = stored end
-expire()
-purge_waiters()
-local tasks = 0
-for _, w in ipairs(redis.call('HVALS', WN)) do tasks = tasks + (tonumber(w) or 0) end
-return {fmt(window), st.limit and tostring(st.limit) or '', st.need_probe and 1 or 0, used(),
-        redis.call('ZCARD', INF), redis.call('ZCARD', DONE), others_now(),
-        fmt(math.max(0, st.blocked_until - now)), redis.call('ZCARD', WQ), tasks}
-"""
+def _script(name: str) -> str:
+    """prelude.lua followed by `name`.lua, as shipped in the package."""
+    lua = importlib.resources.files(__package__ or "evenergy_async").joinpath("lua")
+    return lua.joinpath("prelude.lua").read_text("utf-8") + lua.joinpath(name).read_text("utf-8")
 
 
 @attrs.frozen
 class _Grant:
     tickets: list[Ticket]
     wait: float | None  # seconds until a token may be free; None: until told
-    estimate: float | None
+    estimate: float | None  # when refused over `max_wait` (or asked for with want=0)
     queued: bool  # this process holds a place in the fleet's queue
-    # `estimate` is only sent when refused and over `max_wait` (or asked for with want=0)
+    fail_seq: int  # probes of the budget that got no response, ever
+    estimates: list[float]  # the estimated wait of each local waiter left waiting, in order
+
+
+class _Waiter:
+    __slots__ = ("deadline", "fail_seq", "future", "max_wait")
+
+    def __init__(
+        self, future: asyncio.Future[Ticket], deadline: float, max_wait: float, fail_seq: int
+    ) -> None:
+        self.future = future
+        self.deadline = deadline  # loop time; inf: no bound
+        self.max_wait = max_wait
+        self.fail_seq = fail_seq  # the budget's fail_seq when it started waiting
 
 
 def _num(value: Any) -> float | None:
@@ -506,8 +181,9 @@ class RedisRateLimiter:
     `window` is set by the client from its `rate_limit_window`; `reservation_ttl` is how long a
     request may stay unanswered before its token is treated as spent at that moment (keep it
     above the client's timeout); `poll_interval` is the longest a waiter sleeps without looking
-    at Redis.  Use it in one event loop; `await limiter.aclose()` (or ``async with``) at the end
-    closes the connections it made.
+    at Redis.  `clock` (tests and simulations) replaces Redis ``TIME`` as the scripts' clock:
+    every limiter of a budget must then share it.  Use it in one event loop; `await
+    limiter.aclose()` (or ``async with``) at the end closes the connections it made.
     """
 
     def __init__(
@@ -521,6 +197,7 @@ class RedisRateLimiter:
         connect_timeout: float = 2.0,
         socket_timeout: float = 2.0,
         prefix: str = DEFAULT_PREFIX,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         redis = _import_redis()
         check_seconds(window, "window")
@@ -533,16 +210,15 @@ class RedisRateLimiter:
         self._redis: Redis
         if isinstance(url_or_client, str):
             from redis.asyncio.retry import Retry
-            from redis.backoff import ExponentialBackoff
-            from redis.exceptions import ConnectionError as RedisConnectionError
+            from redis.backoff import NoBackoff
 
             self._redis = redis.asyncio.Redis.from_url(
                 url_or_client,
                 socket_connect_timeout=connect_timeout,
                 socket_timeout=socket_timeout,
-                # one quick retry for a dropped connection; a timeout is not retried, so an
-                # unreachable Redis is reported after `connect_timeout`, not minutes later
-                retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, (RedisConnectionError,)),
+                # no retries: an unreachable Redis is reported once, after `connect_timeout`
+                # at most (redis-py would otherwise retry both the connection and the command)
+                retry=Retry(NoBackoff(), 0),
             )
             self._owns_redis = True
             self._where = _redact(url_or_client)
@@ -569,12 +245,15 @@ class RedisRateLimiter:
         if key is not None:
             self._set_keys(key)
         self._id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._acquire_script: AsyncScript = self._redis.register_script(_PRELUDE + _ACQUIRE)
-        self._record_script: AsyncScript = self._redis.register_script(_PRELUDE + _RECORD)
-        self._release_script: AsyncScript = self._redis.register_script(_PRELUDE + _RELEASE)
-        self._leave_script: AsyncScript = self._redis.register_script(_PRELUDE + _LEAVE)
-        self._snapshot_script: AsyncScript = self._redis.register_script(_PRELUDE + _SNAPSHOT)
-        self._waiters: collections.deque[asyncio.Future[Ticket]] = collections.deque()
+        self._clock = clock
+        register = self._redis.register_script
+        self._acquire_script: AsyncScript = register(_script("acquire.lua"))
+        self._record_script: AsyncScript = register(_script("record.lua"))
+        self._release_script: AsyncScript = register(_script("release.lua"))
+        self._leave_script: AsyncScript = register(_script("leave.lua"))
+        self._snapshot_script: AsyncScript = register(_script("snapshot.lua"))
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._fail_seq = 0  # the budget's count of failed probes, as last seen
         self._pump_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -626,7 +305,8 @@ class RedisRateLimiter:
         self._channel = base + ":wake"
 
     def _args(self, *extra: str) -> list[str]:
-        return [repr(self.window), self._channel, repr(self.reservation_ttl), self._id, *extra]
+        now = "" if self._clock is None else repr(float(self._clock()))
+        return [repr(self.window), self._channel, repr(self.reservation_ttl), self._id, now, *extra]
 
     def _require_key(self) -> None:
         if self._key is None:
@@ -664,15 +344,17 @@ class RedisRateLimiter:
                 self.stats.granted += 1
                 self._outstanding += 1
                 return grant.tickets[0]
-            if max_wait is not None and grant.estimate is not None and grant.estimate > max_wait:
-                self._too_long(grant.estimate, max_wait)  # refused without joining the queue
+            if grant.estimate is not None:  # refused over max_wait, without joining the queue
+                raise too_long(grant.estimate, max_wait, "the shared budget's next token")
         elif max_wait is not None:
             grant = await self._call_acquire(0, len(self._waiters), max_wait)
-            if grant.estimate is not None and grant.estimate > max_wait:
-                self._too_long(grant.estimate, max_wait)
+            estimate = grant.estimate if grant.estimate is not None else math.inf
+            if estimate > max_wait or max_wait <= 0:
+                raise too_long(estimate, max_wait, "the shared budget's next token")
         log.debug("rate limit (shared %s): waiting behind %d", self._key, len(self._waiters))
         future: asyncio.Future[Ticket] = loop.create_future()
-        self._waiters.append(future)
+        bound = math.inf if max_wait is None else float(max_wait)
+        self._waiters.append(_Waiter(future, start + bound, bound, self._fail_seq))
         self.stats.waits += 1
         self._start_pump()
         try:
@@ -699,7 +381,9 @@ class RedisRateLimiter:
         if rate is not None:
             limit = "" if rate.limit is None else str(rate.limit)
             remaining = "" if rate.remaining is None else str(rate.remaining)
-            retry_after = "" if rate.retry_after is None else repr(float(rate.retry_after))
+            wait = clean_wait(rate.retry_after)
+            # finite for Lua's tonumber; the script caps the pause at a window anyway
+            retry_after = "" if wait is None else repr(min(wait, 1e15))
         try:
             woke = await self._eval(
                 self._record_script, str(ticket), limit, remaining, retry_after, str(status)
@@ -720,16 +404,21 @@ class RedisRateLimiter:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop: the reservation expires by itself
             return
-        task = loop.create_task(self._release(ticket, sent))
+        task = loop.create_task(self._release(ticket, sent, not abandoned()))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _release(self, ticket: Ticket, sent: bool) -> None:
+    async def _release(self, ticket: Ticket, sent: bool, failed: bool = True) -> None:
         try:
-            woke = await self._eval(self._release_script, str(ticket), "1" if sent else "0")
+            woke, probe_failed_, fail_seq = await self._eval(
+                self._release_script, str(ticket), "1" if sent else "0", "1" if failed else "0"
+            )
         except RateLimiterUnavailable as exc:
             log.warning("rate limit: could not release a token: %s", exc)
             return
+        if int(probe_failed_):
+            log.debug("rate limit (shared %s): the probe got no response", self._key)
+            self._fail_behind_probe(int(fail_seq))
         if woke:
             self._poke()
 
@@ -793,7 +482,9 @@ class RedisRateLimiter:
 
     # --- waiting ---
 
-    async def _call_acquire(self, want: int, ahead: int, max_wait: float | None) -> _Grant:
+    async def _call_acquire(
+        self, want: int, ahead: int, max_wait: float | None, estimates: int = 0
+    ) -> _Grant:
         r = await self._eval(
             self._acquire_script,
             str(want),
@@ -801,23 +492,48 @@ class RedisRateLimiter:
             "" if max_wait is None else repr(float(max_wait)),
             repr(self.poll_interval),
             repr(WAITER_GRACE),
+            str(estimates),
         )
-        return _Grant(
-            tickets=[int(t) for t in r[4:]],
+        k = int(r[5])
+        grant = _Grant(
+            tickets=[int(t) for t in r[6 + k :]],
             wait=_num(r[1]),
             estimate=_num(r[2]),
             queued=bool(int(r[3])),
+            fail_seq=int(r[4]),
+            estimates=[float(e) for e in r[6 : 6 + k]],
         )
+        self._fail_seq = max(self._fail_seq, grant.fail_seq)
+        return grant
 
-    def _too_long(self, estimate: float | None, max_wait: float | None) -> None:
-        wait = estimate if estimate is not None else math.inf
-        raise RateLimited(
-            429,
-            retry_after=wait,
-            title="Rate limit wait too long",
-            detail=f"the shared budget's next token is about {wait:.1f} s away, "
-            f"over max_rate_limit_wait={max_wait:g} s",
-        )
+    def _fail_behind_probe(self, fail_seq: int) -> None:
+        """A probe of the budget got no response: fail the waiters that were waiting then."""
+        self._fail_seq = max(self._fail_seq, fail_seq)
+        for waiter in self._waiters:
+            if waiter.fail_seq < fail_seq and not waiter.future.done():
+                waiter.future.set_exception(probe_failed())
+        self._prune()
+
+    def _check_bounds(self, estimates: list[float]) -> float:
+        """End the waits over their bound (`estimates`: the wait of each waiter in order, as
+        far as known); the earliest deadline left (inf: none)."""
+        now = asyncio.get_running_loop().time()
+        ahead = 0
+        first = math.inf
+        for waiter in self._waiters:
+            if waiter.future.done():
+                continue
+            if waiter.deadline < math.inf:
+                estimate = estimates[ahead] if ahead < len(estimates) else 0.0
+                if now >= waiter.deadline or now + estimate > waiter.deadline:
+                    waiter.future.set_exception(
+                        too_long(estimate, waiter.max_wait, "the shared budget's next token")
+                    )
+                    continue
+                first = min(first, waiter.deadline)
+            ahead += 1
+        self._prune()
+        return first
 
     def _poke(self) -> None:
         if self._wake is not None:
@@ -831,10 +547,10 @@ class RedisRateLimiter:
 
     def _prune(self) -> None:
         waiters = self._waiters
-        while waiters and waiters[0].done():
+        while waiters and waiters[0].future.done():
             waiters.popleft()
-        if any(f.done() for f in waiters):
-            self._waiters = collections.deque(f for f in waiters if not f.done())
+        if any(w.future.done() for w in waiters):
+            self._waiters = collections.deque(w for w in waiters if not w.future.done())
 
     async def _pump(self) -> None:
         """Get tokens for this process's waiters, first come first served, one call at a time."""
@@ -853,20 +569,24 @@ class RedisRateLimiter:
                     if not self._waiters:
                         return
                 wake.clear()
-                grant = await self._call_acquire(len(self._waiters), 0, None)
+                grant = await self._call_acquire(
+                    len(self._waiters), 0, None, min(len(self._waiters), MAX_ESTIMATES)
+                )
                 queued = grant.queued
+                self._fail_behind_probe(grant.fail_seq)
                 for ticket in grant.tickets:
                     self._prune()
                     if self._waiters:
-                        self._waiters.popleft().set_result(ticket)
-                    else:  # its waiter was cancelled meanwhile
+                        self._waiters.popleft().future.set_result(ticket)
+                    else:  # its waiter was cancelled (or failed) meanwhile
                         self._outstanding += 1
                         self.release(ticket, sent=False)
-                self._prune()
+                first_deadline = self._check_bounds(grant.estimates)
                 if not self._waiters or not grant.queued:
                     continue
                 sleep = self.poll_interval if grant.wait is None else grant.wait
-                sleep = min(sleep, self.poll_interval) + 0.001
+                until_bound = first_deadline - asyncio.get_running_loop().time()
+                sleep = min(sleep, self.poll_interval, until_bound) + 0.001
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(wake.wait(), sleep)
         except RateLimiterUnavailable as exc:
@@ -880,7 +600,7 @@ class RedisRateLimiter:
 
     def _fail_waiters(self, exc: BaseException) -> None:
         while self._waiters:
-            future = self._waiters.popleft()
+            future = self._waiters.popleft().future
             if not future.done():
                 future.set_exception(exc)
 

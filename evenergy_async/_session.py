@@ -447,10 +447,12 @@ class Session:
         if state.deadline is None:
             ticket = await self.limiter.acquire(max_wait)
         else:
-            # The limiter keeps to max_wait itself; the deadline holds whatever it does.
+            # The limiter keeps to max_wait itself; the deadline holds whatever it does.  Only
+            # that timeout becomes RateLimited: the limiter's own errors pass as they are.
+            left = max(state.deadline - self.clock(), 0.0)
             try:
-                ticket = await self._bounded(self.limiter.acquire(max_wait), state, "budget")
-            except TransportError:
+                ticket = await asyncio.wait_for(self.limiter.acquire(max_wait), left)
+            except asyncio.TimeoutError:
                 raise _deadline_rate_limited(call) from None
         waited = self.clock() - start
         if waited > SLOW_BUDGET_WAIT:

@@ -639,9 +639,10 @@ async def _update(args: argparse.Namespace, options: Options, out: _Output) -> i
 class _RecordReader:
     """The records of a JSON Lines file, one a line (blank lines skipped), read as needed.
 
-    A line that is not JSON is reported at once as a failed outcome (by the shard its line
-    number falls in, like any record without a key) and is not passed on; `line_of` maps a
-    record's index back to its line number.
+    A line that is not JSON is reported at once as a failed outcome and is not passed on; with
+    shards, by the shard its position among the records falls in (as `Batch` places any record
+    without a key), so exactly one of the processes reports it.  `line_of` maps a record's
+    index back to its line number.
     """
 
     def __init__(
@@ -675,10 +676,6 @@ class _RecordReader:
 
     def line_of(self, index: int) -> int | None:
         return self._lines[index] if 0 <= index < len(self._lines) else None
-
-    @property
-    def count(self) -> int:
-        return len(self._lines)
 
 
 def _outcome_line(outcome: SyncOutcome, line: int | None) -> dict[str, Any]:
@@ -749,14 +746,17 @@ def _plan_text(plan: _sync.SyncPlan, client: Client, unreadable: int = 0) -> str
 
 
 async def _sync_users(args: argparse.Namespace, options: Options, out: _Output) -> int:
-    limiter: RateLimiterProtocol | None = None
-    if args.redis:
-        from ._redis import RedisRateLimiter
-
-        limiter = RedisRateLimiter(args.redis)
     counts: Counter[str] = Counter()
     reader = _RecordReader(args.input, out, counts, args.shard)
-    async with _connect(args, options, limiter) as target:
+    async with contextlib.AsyncExitStack() as stack:
+        limiter: RateLimiterProtocol | None = None
+        if args.redis:
+            from ._redis import RedisRateLimiter
+
+            redis_limiter = RedisRateLimiter(args.redis)
+            stack.push_async_callback(redis_limiter.aclose)  # its connections, after the client
+            limiter = redis_limiter
+        target = await stack.enter_async_context(_connect(args, options, limiter))
         await _run_sync(args, target.client, reader, out, counts)
     return 1 if counts["failed"] else 0
 

@@ -935,3 +935,33 @@ def test_sync_interrupted_stops_cleanly_and_says_so(tmp_path: Path) -> None:
     assert summary.startswith("evenergy: 2 records: 2 created, 0 updated, 0 unchanged, 0 failed")
     assert summary.endswith("(interrupted)")
     assert hint == "evenergy: interrupted; running the same sync again finishes it"
+
+
+@pytest.mark.evenergy_fake(users=30, rate_limit=100_000)
+async def test_sync_shards_share_a_redis_budget(
+    evenergy_fake: FakeEvEnergy,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    redis = pytest.importorskip("redis")
+    from redis_server import redis_server, redis_server_binary
+
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed")
+    fake = evenergy_fake
+    monkeypatch.setenv("EVENERGY_TOKEN", fake.token)
+    monkeypatch.setenv("EVENERGY_BASE_URL", fake.base_url)
+    target = tmp_path / "users.jsonl"
+    _write_jsonl(target, _sync_input(await _exported(fake), changed=4, same=4, new=4))
+    with redis_server() as url:
+        shards = [
+            _main_in_thread(["users", "sync", str(target), "--shard", f"{k}/2", "--redis", url])
+            for k in (0, 1)
+        ]
+        assert await asyncio.gather(*shards) == [0, 0]
+        keys = redis.Redis.from_url(url).keys("*")
+    out = capsys.readouterr().out
+    assert sorted(line["line"] for line in _lines(out)) == list(range(1, 13))
+    assert keys  # the shared budget lives in Redis
+    assert fake.stats.rate_limited == 0

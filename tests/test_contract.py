@@ -11,7 +11,7 @@ from evenergy_async.testing import FakeEvEnergy
 
 @pytest.mark.parametrize("with_credentials", [False, True])
 async def test_the_contract_as_written(with_credentials: bool, spec_check) -> None:
-    async with FakeEvEnergy(users=300, tariffs=20, seed=0, on_exchange=spec_check) as fake:
+    async with FakeEvEnergy(users=150, tariffs=20, seed=0, on_exchange=spec_check) as fake:
         auth: dict[str, object] = (
             {
                 "credentials": ev.ClientCredentials(
@@ -38,7 +38,7 @@ async def test_the_contract_as_written(with_credentials: bool, spec_check) -> No
                     page_size=100, email=None, expand=(), page_after=None
                 )
             ]
-            assert len(seen) == 300 and all(isinstance(u, ev.User) for u in seen)
+            assert len(seen) == 150 and all(isinstance(u, ev.User) for u in seen)
 
             first = await client.users.pages(page_size=100).__anext__()
             assert len(first.items) == 100
@@ -87,10 +87,25 @@ async def test_the_contract_as_written(with_credentials: bool, spec_check) -> No
             assert bob.limiter is client.limiter
             assert (await bob.users.get("me")).id == seen[2].id
 
+            records = [
+                {"id": seen[3].id, "email": "renamed@example.com"},
+                {"email": "new.person@example.com"},
+                {"email": "broken"},
+            ]
+            async for outcome in client.users.sync(
+                records, dry_run=False, concurrency=8, shard=None
+            ):
+                assert isinstance(outcome, ev.SyncOutcome)
+                expected = {0: "updated", 1: "created", 2: "failed"}[outcome.index]
+                assert outcome.action == expected
+                assert outcome.changed == (("email",) if expected != "failed" else ())
+                assert (outcome.user is None) == (outcome.error is not None)
+
 
 async def test_names_the_contract_promises() -> None:
     for name in ("User", "Location", "LatLong", "Tariff", "Supplier", "EVSESite", "Ref", "Page",
-                 "RateLimit", "UNSET", "ClientCredentials", "RedisRateLimiter"):  # fmt: skip
+                 "RateLimit", "UNSET", "ClientCredentials", "RedisRateLimiter",
+                 "SyncOutcome"):  # fmt: skip
         assert hasattr(ev, name)
     from evenergy_async import errors
 

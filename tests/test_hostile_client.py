@@ -505,3 +505,61 @@ async def test_close_ends_a_call_in_flight_without_a_new_session(sessions_made):
             await client.close()
         assert server.requests == [f"/v2/users/{uid(1)}"]
         assert len(sessions_made) == 1
+
+
+def first_items(base: str) -> dict[str, dict[str, Any]]:
+    supplier = "supl01HN2NJ9NMRZBXT1H6FT9N7735"
+    return {
+        "users": user_json(base, uid(1)),
+        "tariffs": {
+            "id": TID,
+            "url": f"{base}/tariffs/{TID}",
+            "supplier": f"{base}/suppliers/{supplier}",
+            "name": "T",
+            "currency": "GBP",
+        },
+        "suppliers": {
+            "id": supplier,
+            "url": f"{base}/suppliers/{supplier}",
+            "name": "S",
+            "icon": None,
+        },
+        "evse_sites": site_json(base, 1),
+    }
+
+
+STREAMS: dict[str, Callable[[ev.Client], AsyncIterator[Any]]] = {
+    "users.list": lambda c: c.users.list(page_size=1),
+    "users.pages": lambda c: c.users.pages(page_size=1),
+    "tariffs.list": lambda c: c.tariffs.list(page_size=1),
+    "tariffs.pages": lambda c: c.tariffs.pages(page_size=1),
+    "suppliers.list": lambda c: c.suppliers.list(page_size=1),
+    "evse_sites.list": lambda c: c.evse_sites.list(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+async def test_leaving_a_stream_early_cancels_its_page_fetched_ahead(name):
+    arrived = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        base = str(request.url.origin()) + "/v2"
+        collection = request.path.split("/")[2]
+        if request.path.count("/") > 2:  # a single resource (a relation being resolved)
+            return web.json_response(first_items(base)[collection])
+        if "page" in request.query or "page_after" in request.query:
+            arrived.set()
+            await release.wait()
+        following = f"{base}/{collection}?page=2&page_after={uid(1)}"
+        return page([first_items(base)[collection]], following)
+
+    async with serve(handle) as server, client_for(server) as client:
+        stream = STREAMS[name](client)
+        try:
+            await stream.__anext__()
+            await asyncio.wait_for(arrived.wait(), HANG)
+            await stream.aclose()
+            assert not client._shared._tasks  # nothing of the stream still running
+        finally:
+            release.set()

@@ -6,9 +6,21 @@ import asyncio
 
 import aiohttp
 import pytest
+from polling import until
 
 import evenergy_async as ev
 from evenergy_async.testing import FakeEvEnergy
+
+
+class Clock:
+    """The fake's clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
 
 ADDRESS = dict(address_1="1 High St", city="London", postal_code="EC1A 1BB", country_code="GB")
 
@@ -193,14 +205,21 @@ async def test_wrong_token_is_unauthorized(fake):
 
 
 async def test_client_credentials_fetch_once_and_refresh(spec_check):
-    async with FakeEvEnergy(users=5, token_lifetime=1.0, on_exchange=spec_check) as fake:
+    """One token for 20 concurrent calls; once the server says it expired (its clock moved past
+    the lifetime: the fake's clock is the test's), one new token and the call goes through."""
+    clock = Clock()
+    async with FakeEvEnergy(users=5, on_exchange=spec_check, clock=clock) as fake:
         creds = ev.ClientCredentials(fake.client_id, fake.client_secret)
         async with ev.Client(credentials=creds, base_url=fake.base_url) as client:
             me = await client.as_user(await _first_id(client)).users.get("me")
             await asyncio.gather(*(client.users.get(me.id) for _ in range(20)))
             assert fake.stats.token_fetches == 1
-            await asyncio.sleep(1.1)  # past the token's lifetime
-            await client.users.get(me.id)
+            assert 401 not in fake.stats.statuses
+            clock.now += fake.token_lifetime  # the server's side of the token's lifetime
+            assert (await client.users.get(me.id)).id == me.id
+            assert fake.stats.token_fetches == 2
+            assert fake.stats.statuses[401] == 1  # the expired token, then the fresh one
+            assert (await client.users.get(me.id)).id == me.id
             assert fake.stats.token_fetches == 2
             assert fake.client_secret not in repr(creds)
 
@@ -238,18 +257,21 @@ async def test_caller_owned_session_is_left_open(fake):
 
 
 async def test_cancelled_stream_releases_connections_and_tokens(client):
+    streaming = asyncio.Event()
+
     async def consume() -> None:
         async for _ in client.users.list(page_size=5):
+            streaming.set()
             await asyncio.sleep(0.01)
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.05)
+    await streaming.wait()  # mid-stream: a page read, the next one asked for or about to be
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0)
     session = client._session
-    assert session.limiter.state.in_flight() == 0
+    # the page read ahead (if one was asked for) is answered or cancelled, and given back
+    await until(lambda: session.limiter.state.in_flight() == 0)
     connector = session.http.connector
     assert connector is not None
     assert sum(len(v) for v in connector._acquired_per_host.values()) == 0  # type: ignore[attr-defined]

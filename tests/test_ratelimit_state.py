@@ -1,15 +1,21 @@
 """The rate limiter: `WindowState` on a fake clock (numbers passed as `now`), then the asyncio
-`RateLimiter` around it on a real loop with small windows."""
+`RateLimiter` around it on a loop whose clock is virtual (`virtual_time`): every duration
+below is exact, whatever the machine's speed."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
+from virtual_time import run_virtual
 
-from evenergy_async._ratelimit import RateLimiter, WindowState
-from evenergy_async.errors import RateLimited
+from evenergy_async._ratelimit import MAX_LIMIT, PAUSE_MAX_BACKOFF, RateLimiter, WindowState
+from evenergy_async.errors import RateLimited, TransportError
 from evenergy_async.models import RateLimit
 
 W = 100.0  # window for the pure tests
@@ -443,12 +449,25 @@ def test_estimate_wait_queue_longer_than_limit_is_finite():
     assert state.estimate_wait(0.0, 2) == pytest.approx(2 * W)
 
 
-# --- the asyncio limiter ------------------------------------------------------------------------
-
-SMALL = 0.2
+# --- the asyncio limiter, on virtual time -------------------------------------------------------
 
 
-async def primed(limit: int, remaining: int | None = None, window: float = SMALL) -> RateLimiter:
+def virtual(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on a `VirtualTimeLoop` (time starts at 0 and jumps to each timer)."""
+
+    def test(*args: Any, **kwargs: Any) -> None:
+        run_virtual(fn(*args, **kwargs))
+
+    test.__name__, test.__doc__ = fn.__name__, fn.__doc__
+    test.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
+    return test
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def primed(limit: int, remaining: int | None = None, window: float = 10.0) -> RateLimiter:
     limiter = RateLimiter(window)
     ticket = await limiter.acquire()
     await limiter.record(
@@ -457,25 +476,36 @@ async def primed(limit: int, remaining: int | None = None, window: float = SMALL
     return limiter
 
 
+async def settle() -> None:
+    """Let every task that can run without time passing run."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@virtual
 async def test_limiter_fifo_order_of_grants():
-    limiter = await primed(2, 0, window=0.1)  # full: every grant waits for a token to return
-    order: list[int] = []
+    limiter = await primed(2, 0, window=10.0)  # full: every grant waits for a token to return
+    order: list[tuple[int, float]] = []
 
     async def worker(i: int) -> None:
         ticket = await limiter.acquire()
-        order.append(i)
+        order.append((i, now()))
         await limiter.record(ticket, None, 200)
 
     tasks = []
     for i in range(6):
         tasks.append(asyncio.ensure_future(worker(i)))
         await asyncio.sleep(0)  # acquire called in order 0..5
-    await asyncio.wait_for(asyncio.gather(*tasks), 5)
-    assert order == list(range(6))
+    await asyncio.gather(*tasks)
+    assert [i for i, _ in order] == list(range(6))
+    times = [round(t, 2) for _, t in order]
+    # a probe of others' (stale) spending at window / 20, then the tokens as they return
+    assert times == [0.5, 10.0, 10.5, 20.0, 20.5, 30.0]
 
 
+@virtual
 async def test_limiter_newcomer_does_not_jump_the_queue():
-    limiter = RateLimiter(SMALL)
+    limiter = RateLimiter(10.0)
     probe = await limiter.acquire()
     order: list[str] = []
 
@@ -488,47 +518,50 @@ async def test_limiter_newcomer_does_not_jump_the_queue():
     await limiter.record(probe, RateLimit(1, 0), 200)  # learned: full for the window
     late = asyncio.ensure_future(waiter("late"))
     await asyncio.sleep(0)
-    await asyncio.wait_for(first, 2)
+    await first
     assert order == ["first"]
     late.cancel()
     await asyncio.gather(late, return_exceptions=True)
 
 
+@virtual
 async def test_limiter_grants_without_waiting_when_room():
     limiter = await primed(10)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
+    start = now()
     tickets = [await limiter.acquire() for _ in range(9)]
     assert len(set(tickets)) == 9
-    assert loop.time() - start < 0.05
+    assert now() == start
     assert limiter.stats.waits == 0
 
 
+@virtual
 async def test_limiter_waits_for_window():
-    limiter = await primed(1, 0, window=SMALL)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    await asyncio.wait_for(limiter.acquire(), 2)
-    assert loop.time() - start >= SMALL - 0.01
+    limiter = await primed(1, 0, window=10.0)
+    await limiter.acquire()
+    assert now() == pytest.approx(10.0, abs=0.01)  # the probe's token, answered at 0
     assert limiter.stats.waits == 1
+    assert limiter.stats.wait_seconds == pytest.approx(10.0, abs=0.01)
 
 
+@virtual
 async def test_cancelled_waiter_leaks_no_token_and_does_not_stall():
-    limiter = await primed(1, 0, window=SMALL)
+    limiter = await primed(1, 0)
     a = asyncio.ensure_future(limiter.acquire())
     b = asyncio.ensure_future(limiter.acquire())
-    await asyncio.sleep(0.01)
+    await settle()
     a.cancel()
     with pytest.raises(asyncio.CancelledError):
         await a
-    ticket = await asyncio.wait_for(b, 2)  # b is not stuck behind the cancelled a
+    ticket = await b  # b is not stuck behind the cancelled a
+    assert now() == pytest.approx(10.0, abs=0.01)
     assert limiter.state.in_flight() == 1
     await limiter.record(ticket, None, 200)
     assert limiter.state.in_flight() == 0
 
 
+@virtual
 async def test_cancelled_after_grant_gives_the_token_back():
-    limiter = RateLimiter(SMALL)
+    limiter = RateLimiter(10.0)
     probe = await limiter.acquire()
     waiter = asyncio.ensure_future(limiter.acquire())
     await asyncio.sleep(0)
@@ -539,87 +572,109 @@ async def test_cancelled_after_grant_gives_the_token_back():
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert limiter.state.in_flight() == 0
-    assert limiter.state.used(asyncio.get_running_loop().time()) == 1  # the probe only
-    # both remaining tokens can be taken at once
-    await asyncio.wait_for(limiter.acquire(), 0.05)
+    assert limiter.state.used(now()) == 1  # the probe only
+    start = now()
+    await limiter.acquire()  # the token given back is there at once
+    assert now() == start
 
 
+@virtual
 async def test_cancel_all_waiters_leaves_clean_state():
-    limiter = await primed(1, 0, window=SMALL)
+    limiter = await primed(1, 0)
     waiters = [asyncio.ensure_future(limiter.acquire()) for _ in range(5)]
-    await asyncio.sleep(0.01)
+    await settle()
     for w in waiters:
         w.cancel()
     await asyncio.gather(*waiters, return_exceptions=True)
-    await asyncio.sleep(SMALL + 0.05)  # the timer fires with nobody left
+    await asyncio.sleep(11.0)  # the timer fires with nobody left
     assert limiter.state.in_flight() == 0
     assert limiter._timer is None
-    await asyncio.wait_for(limiter.acquire(), 0.05)
+    start = now()
+    await limiter.acquire()
+    assert now() == start
 
 
+@virtual
 async def test_max_wait_raises_rate_limited_with_retry_after():
     limiter = await primed(1, 0, window=10.0)
     with pytest.raises(RateLimited) as info:
         await limiter.acquire(max_wait=1.0)
-    assert info.value.retry_after == pytest.approx(10.0, abs=0.5)
+    assert info.value.retry_after == pytest.approx(10.0)
     assert info.value.status == 429
     assert not limiter._waiters  # refused without queueing
     assert limiter.state.in_flight() == 0
 
 
+@virtual
 async def test_max_wait_long_enough_waits():
-    limiter = await primed(1, 0, window=0.1)
-    await asyncio.wait_for(limiter.acquire(max_wait=5.0), 2)
+    limiter = await primed(1, 0, window=10.0)
+    await limiter.acquire(max_wait=11.0)
+    assert now() == pytest.approx(10.0, abs=0.01)
 
 
+@virtual
 async def test_max_wait_zero_with_room():
     limiter = await primed(5)
     assert await limiter.acquire(max_wait=0.0) is not None
 
 
+@virtual
+async def test_max_wait_zero_without_room_refuses_at_once():
+    limiter = RateLimiter(10.0)
+    await limiter.acquire()  # the probe, unanswered
+    with pytest.raises(RateLimited):
+        await limiter.acquire(max_wait=0.0)
+    assert now() == 0.0 and not limiter._waiters
+
+
+@virtual
 async def test_release_wakes_waiter():
     limiter = RateLimiter(3600.0)
     probe = await limiter.acquire()
     waiter = asyncio.ensure_future(limiter.acquire())
-    await asyncio.sleep(0.01)
+    await settle()
     assert not waiter.done()
     limiter.release(probe, sent=False)
-    await asyncio.wait_for(waiter, 0.1)
+    await waiter
+    assert now() == 0.0
 
 
+@virtual
 async def test_record_wakes_waiters():
     limiter = RateLimiter(3600.0)
     probe = await limiter.acquire()
     waiters = [asyncio.ensure_future(limiter.acquire()) for _ in range(3)]
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(5.0)
     assert not any(w.done() for w in waiters)
     await limiter.record(probe, RateLimit(100, 99), 200)
-    await asyncio.wait_for(asyncio.gather(*waiters), 0.1)
+    await asyncio.gather(*waiters)
+    assert now() == 5.0
 
 
+@virtual
 async def test_record_429_pauses_everyone():
     limiter = RateLimiter(3600.0)
     probe = await limiter.acquire()
-    loop = asyncio.get_running_loop()
-    await limiter.record(probe, RateLimit(None, None, 0.15), 429)
+    await limiter.record(probe, RateLimit(None, None, 7.5), 429)
     assert limiter.stats.throttled == 1
-    start = loop.time()
-    await asyncio.wait_for(limiter.acquire(), 2)
-    assert loop.time() - start >= 0.14
+    await limiter.acquire()
+    assert now() == pytest.approx(7.5, abs=0.01)
 
 
+@virtual
 async def test_no_timer_when_only_a_response_can_help():
     limiter = RateLimiter(3600.0)
     probe = await limiter.acquire()
     waiter = asyncio.ensure_future(limiter.acquire())
-    await asyncio.sleep(0.01)
+    await settle()
     assert limiter._timer is None  # nothing armed: a response will wake it
     limiter.release(probe, sent=False)
     await waiter
 
 
+@virtual
 async def test_no_busy_polling_while_waiting_for_window():
-    limiter = await primed(1, 0, window=0.3)
+    limiter = await primed(1, 0, window=300.0)
     loop = asyncio.get_running_loop()
     scheduled = 0
     wakes = 0
@@ -640,15 +695,17 @@ async def test_no_busy_polling_while_waiting_for_window():
 
     loop.call_at = counting_call_at  # type: ignore[method-assign]
     try:
-        await asyncio.wait_for(limiter.acquire(), 2)
+        await limiter.acquire()
     finally:
         del loop.call_at
-    # one timer for the token's return (wait_for's own timeout adds one): no polling
-    assert scheduled <= 3
-    assert wakes <= 3
+    # one timer for the token's return: no polling
+    assert scheduled <= 2
+    assert wakes <= 2
     assert limiter._timer is None
+    assert now() == pytest.approx(300.0, abs=0.01)
 
 
+@virtual
 async def test_no_timer_left_when_nothing_waits():
     limiter = await primed(3)
     for _ in range(2):
@@ -657,6 +714,7 @@ async def test_no_timer_left_when_nothing_waits():
     assert not limiter._waiters
 
 
+@virtual
 async def test_configure_window():
     limiter = RateLimiter(10.0)
     limiter.configure(window=20.0)
@@ -672,3 +730,280 @@ def test_release_without_loop_is_harmless():
     limiter = RateLimiter(10.0)
     limiter.release(0, sent=True)  # no running loop: must not raise
     assert limiter.state.in_flight() == 0
+
+
+# --- absurd headers never lock the client (issue 11, row 3) --------------------------------------
+
+
+@pytest.mark.parametrize("limit", [0, -5])
+def test_a_limit_below_one_is_ignored(limit):
+    state = WindowState(W)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 0.0, RateLimit(limit, 0), 200)
+    assert state.limit is None
+    assert state.try_acquire(0.0) is not None  # not locked: no limit known, no wait
+
+
+def test_a_limit_of_zero_after_a_real_one_keeps_the_real_one():
+    state = learned(10, 9)
+    t = state.try_acquire(1.0)
+    state.on_response(t, 1.0, RateLimit(0, None), 200)
+    assert state.limit == 10
+    assert state.try_acquire(1.0) is not None
+
+
+def test_a_huge_limit_is_ignored():
+    state = learned(10**30, 0)
+    assert state.limit is None
+    assert state.try_acquire(0.0) is not None
+
+
+def test_the_largest_limit_keeps_estimates_cheap():
+    state = learned(MAX_LIMIT, 0)  # "none left" of a huge budget: others spent it all
+    assert state.others(0.0) == MAX_LIMIT - 1
+    assert state.estimate_wait(0.0, 5) == pytest.approx(W)  # no list of a billion entries
+    assert state.next_change(0.0) == pytest.approx(W / 20)  # a probe asks again
+
+
+@pytest.mark.parametrize("retry_after", [1e12, math.inf, 86400.0 * 365])
+def test_a_429_pause_is_at_most_a_window(retry_after):
+    state = WindowState(W)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 0.0, RateLimit(None, None, retry_after), 429)
+    assert state.blocked_until == W
+    assert state.try_acquire(W) is not None  # a probe goes when the pause ends
+
+
+@pytest.mark.parametrize("retry_after", [math.nan, -5.0])
+def test_a_nonsense_retry_after_still_pauses_and_recovers(retry_after):
+    state = WindowState(W)
+    t = state.try_acquire(0.0)
+    state.on_response(t, 0.0, RateLimit(None, None, retry_after), 429)
+    assert 1.0 <= state.blocked_until <= W
+    probe = state.try_acquire(state.blocked_until)
+    assert probe is not None
+    state.on_response(probe, W, RateLimit(10, 9), 200)  # healthy again
+    assert len(drain(state, W)) == 9
+
+
+def test_estimate_wait_is_finite_with_a_queue_and_an_empty_window():
+    state = learned(2, 2)  # room for two more, then the queue turns once a window
+    state._done.clear()
+    assert state.estimate_wait(0.0, 1) == 0.0
+    assert state.estimate_wait(0.0, 2) == pytest.approx(W)
+    assert state.estimate_wait(0.0, 5) == pytest.approx(2 * W)
+
+
+# --- a minimum pause, with backoff, after every 429 (issue 11, row 4) ----------------------------
+
+
+def throttle(state: WindowState, now: float, retry_after: float | None) -> float:
+    """Send the next allowed request at `now`, answer it 429; the pause it caused."""
+    t = state.try_acquire(now)
+    assert t is not None
+    state.on_response(t, now, RateLimit(None, None, retry_after), 429)
+    return state.blocked_until - now
+
+
+@pytest.mark.parametrize("retry_after", [0.0, -3.0, None])
+def test_consecutive_429s_double_the_pause_up_to_a_cap(retry_after):
+    state = WindowState(3600.0)
+    pauses = []
+    now = 0.0
+    for _ in range(9):
+        pause = throttle(state, now, retry_after)
+        pauses.append(pause)
+        now += pause
+    expected = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+    if retry_after is None:  # no Retry-After: until the request answered 429 leaves the window
+        expected = [3600.0] * 9
+    assert pauses == expected
+    assert PAUSE_MAX_BACKOFF == 60.0
+
+
+def test_a_success_resets_the_backoff():
+    state = WindowState(3600.0)
+    assert throttle(state, 0.0, 0.0) == 1.0
+    assert throttle(state, 1.0, 0.0) == 2.0
+    t = state.try_acquire(3.0)
+    state.on_response(t, 3.0, RateLimit(None, None), 200)
+    assert state.throttled == 0
+    assert throttle(state, 3.0, 0.0) == 1.0
+
+
+def test_429s_of_requests_sent_together_count_once():
+    state = learned(100, 99, window=3600.0)
+    burst = drain(state, 1.0)[:20]
+    for t in burst:  # all sent before the first 429 came back
+        state.on_response(t, 2.0, RateLimit(100, 0, 0.0), 429)
+    assert state.throttled == 1
+    assert state.blocked_until == 3.0
+    # and a late success of that burst does not lift the one-at-a-time rule after the 429
+    more = learned(100, 99, window=3600.0)
+    a, b = more.try_acquire(1.0), more.try_acquire(1.0)
+    more.on_response(a, 2.0, RateLimit(100, 0, 0.0), 429)
+    more.on_response(b, 2.5, RateLimit(100, 50), 200)
+    assert more.try_acquire(3.0) is not None
+    assert more.try_acquire(3.0) is None  # still a probe at a time
+
+
+@virtual
+async def test_fifty_tasks_against_a_server_that_always_answers_429_retry_after_0():
+    limiter = RateLimiter(3600.0)
+    sent = 0
+
+    async def task() -> None:
+        nonlocal sent
+        while now() < 60.0:
+            ticket = await limiter.acquire()
+            sent += 1
+            await asyncio.sleep(0.002)  # the round trip
+            await limiter.record(ticket, RateLimit(None, None, 0.0), 429)
+
+    tasks = [asyncio.ensure_future(task()) for _ in range(50)]
+    await asyncio.sleep(60.0)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    # one probe at a time, pauses 1, 2, 4, 8, 16, 32 s: sent at 0, 1, 3, 7, 15 and 31 s
+    assert sent == 6
+
+
+# --- every waiter's max_wait holds at every moment (issue 11, row 1) -----------------------------
+
+
+@virtual
+async def test_a_429_ends_the_queued_waits_it_makes_too_long_at_once():
+    limiter = RateLimiter(3600.0)
+    probe = await limiter.acquire()
+    short = [asyncio.ensure_future(limiter.acquire(max_wait=5.0)) for _ in range(3)]
+    patient = asyncio.ensure_future(limiter.acquire(max_wait=100.0))
+    unbounded = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(1.0)
+    await limiter.record(probe, RateLimit(None, None, 60.0), 429)
+    await settle()
+    assert now() == 1.0
+    for waiter in short:
+        assert waiter.done()
+        error = waiter.exception()
+        assert isinstance(error, RateLimited)
+        assert error.retry_after == pytest.approx(60.0)
+    assert not patient.done() and not unbounded.done()
+    await patient  # its own bound allows the pause: it is the probe when the pause ends
+    assert now() == pytest.approx(61.0, abs=0.01)
+    unbounded.cancel()
+    await asyncio.gather(unbounded, return_exceptions=True)
+
+
+@virtual
+async def test_a_wait_ends_at_its_bound_even_when_nothing_happens():
+    limiter = RateLimiter(3600.0)
+    await limiter.acquire()  # the probe: its response never comes
+    waiter = asyncio.ensure_future(limiter.acquire(max_wait=2.0))
+    with pytest.raises(RateLimited):
+        await waiter
+    assert now() == pytest.approx(2.0, abs=0.01)
+    assert not limiter._waiters
+
+
+@virtual
+async def test_each_waiter_has_its_own_bound_checked_at_each_change():
+    limiter = await primed(3, 2, window=100.0)  # the probe answered at 0; two tokens left
+    held = [await limiter.acquire() for _ in range(2)]
+    a = asyncio.ensure_future(limiter.acquire(max_wait=120.0))
+    b = asyncio.ensure_future(limiter.acquire(max_wait=200.0))
+    await settle()
+    assert not a.done() and not b.done()  # the probe's token returns at 100: both fit
+    await asyncio.sleep(50.0)
+    # others spent a token: the next one is now free at 150, too late for a, not for b
+    await limiter.record(held[0], RateLimit(3, 0), 200)
+    await settle()
+    assert isinstance(a.exception(), RateLimited)
+    assert a.exception().retry_after == pytest.approx(100.0)
+    assert not b.done()
+    await b
+    assert now() == pytest.approx(150.0, abs=0.01)
+
+
+# --- a failed probe fails the callers waiting behind it (issue 11, row 6) ------------------------
+
+
+@virtual
+async def test_an_outage_costs_every_caller_one_timeout_not_one_each():
+    limiter = RateLimiter(3600.0)
+    ended: list[tuple[float, str]] = []
+
+    async def call() -> None:  # a request against a server that never answers, timeout 1 s
+        try:
+            ticket = await limiter.acquire()
+        except TransportError:
+            ended.append((now(), "failed behind the probe"))
+            return
+        await asyncio.sleep(1.0)
+        limiter.release(ticket, sent=True)
+        ended.append((now(), "timed out"))
+
+    await asyncio.gather(*(call() for _ in range(10)))
+    assert sorted(ended)[0] == (1.0, "failed behind the probe")
+    assert [t for t, _ in ended] == [1.0] * 10
+    assert [why for _, why in ended].count("timed out") == 1
+
+
+@virtual
+async def test_a_probe_given_back_unsent_passes_to_the_next_caller():
+    limiter = RateLimiter(3600.0)
+    probe = await limiter.acquire()
+    waiters = [asyncio.ensure_future(limiter.acquire()) for _ in range(3)]
+    await settle()
+    limiter.release(probe, sent=False)  # never reached the server: says nothing of it
+    await settle()
+    assert [w.done() for w in waiters] == [True, False, False]
+    assert waiters[0].exception() is None
+    for w in waiters[1:]:
+        w.cancel()
+    await asyncio.gather(*waiters[1:], return_exceptions=True)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is 3.11+")
+@virtual
+async def test_a_probe_abandoned_by_its_caller_passes_to_the_next():
+    limiter = RateLimiter(3600.0)
+
+    async def call() -> None:
+        ticket = await limiter.acquire()
+        try:
+            await asyncio.sleep(3600)  # the request in flight
+        except asyncio.CancelledError:
+            limiter.release(ticket, sent=True)  # as the session does when its caller gives up
+            raise
+
+    caller = asyncio.ensure_future(call())
+    await settle()
+    waiter = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(1.0)
+    caller.cancel()
+    await asyncio.gather(caller, return_exceptions=True)
+    await waiter  # the next probe: a caller giving up says nothing about the server
+    assert now() == 1.0
+
+
+@virtual
+async def test_a_failed_request_that_was_not_the_probe_fails_nobody():
+    limiter = await primed(1, 0, window=10.0)
+    ticket = await limiter.acquire()  # waited for the window: a normal grant, not a probe
+    waiter = asyncio.ensure_future(limiter.acquire())
+    await settle()
+    limiter.release(ticket, sent=True)
+    await settle()
+    assert not waiter.done()
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+
+
+def test_on_no_response_tells_a_failed_probe():
+    state = WindowState(W)
+    probe = state.try_acquire(0.0)
+    assert state.on_no_response(probe, 1.0, sent=True) is True
+    again = state.try_acquire(1.0)
+    assert state.on_no_response(again, 1.0, sent=False) is False
+    assert state.on_no_response(again, 1.0, sent=True) is False  # already finished

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from polling import until
 
 import evenergy_async as ev
 from evenergy_async.testing import FakeEvEnergy
@@ -12,11 +13,14 @@ from evenergy_async.testing import FakeEvEnergy
 TARIFF = "/v2/tariffs/{tariff_id}"
 SUPPLIER = "/v2/suppliers/{supplier_id}"
 SITE = "/v2/evse_sites/{evse_site_id}"
+# Enough users for every tariff to be someone's and several pages; each page of 100 users
+# costs about a second of spec validation, so no more.
+USERS = 400
 
 
 @pytest.fixture
 async def fake(spec_check):
-    async with FakeEvEnergy(users=2000, tariffs=20, seed=3, on_exchange=spec_check) as server:
+    async with FakeEvEnergy(users=USERS, tariffs=20, seed=3, on_exchange=spec_check) as server:
         yield server
 
 
@@ -35,8 +39,8 @@ async def test_stream_with_resolve_costs_one_request_per_distinct_tariff(fake):
                 assert loc.tariff.resolved
                 assert isinstance(loc.tariff.value, ev.Tariff)
                 assert loc.tariff.value.url == loc.tariff.url
-        assert count == 2000
-    assert fake.stats.count("GET", "/v2/users") == 20
+        assert count == USERS
+    assert fake.stats.count("GET", "/v2/users") == USERS // 100
     assert fake.stats.count("GET", TARIFF) <= 20
 
 
@@ -95,12 +99,12 @@ async def test_expand_costs_no_tariff_request(fake):
         assert refs and all(r.resolved for r in refs)
         # the expansions primed the cache: resolving costs nothing more
         await asyncio.gather(*(client.resolve(r.url) for r in refs[:50]))
-    assert fake.stats.count("GET", "/v2/users") == 20
+    assert fake.stats.count("GET", "/v2/users") == USERS // 100
     assert fake.stats.count("GET", TARIFF) == 0
 
 
 async def test_ref_resolves_through_its_client_and_caches(fake):
-    async with client_for(fake, cache_ttl=0.3) as client:
+    async with client_for(fake) as client:
         me = await client.users.get("me")
         tariff_ref = me.default_location.tariff  # type: ignore[union-attr]
         assert isinstance(tariff_ref, ev.Ref) and not tariff_ref.resolved
@@ -111,8 +115,15 @@ async def test_ref_resolves_through_its_client_and_caches(fake):
         assert tariff_ref.id == tariff.id
         assert await client.resolve(tariff_ref.url) is tariff  # cached
         assert fake.stats.count("GET", TARIFF) == 1
-        await asyncio.sleep(0.35)  # past the TTL
-        await client.resolve(tariff_ref.url)
+
+
+async def test_a_resolved_value_expires_after_the_cache_ttl(fake):
+    async with client_for(fake, cache_ttl=0.05) as client:
+        me = await client.users.get("me")
+        url = me.default_location.tariff.url  # type: ignore[union-attr]
+        await client.resolve(url)
+        await asyncio.sleep(0.1)  # past the TTL: sleeping longer on a slow machine changes nothing
+        await client.resolve(url)
         assert fake.stats.count("GET", TARIFF) == 2
 
 
@@ -123,9 +134,9 @@ async def test_errors_are_not_cached_and_cancellation_leaves_others_waiting(fake
         fake.faults.fail_next(1, status=500)
         with pytest.raises(ev.ServerError):
             await client.resolve(url)
-        fake.faults.latency = 0.1
+        fake.faults.latency = 0.2
         waiters = [asyncio.create_task(client.resolve(url)) for _ in range(5)]
-        await asyncio.sleep(0.02)
+        await until(lambda: fake.stats.count("GET", TARIFF) == 2)  # sent, answer held back
         waiters[0].cancel()
         results = await asyncio.gather(*waiters[1:])
         assert all(isinstance(r, ev.Tariff) for r in results)
@@ -190,7 +201,7 @@ async def test_last_waiter_leaving_cancels_the_fetch(fake):
         url = me.default_location.tariff.url  # type: ignore[union-attr]
         fake.faults.latency = 0.2
         task = asyncio.create_task(client.resolve(url))
-        await asyncio.sleep(0.05)
+        await until(lambda: fake.stats.count("GET", TARIFF) == 1)  # sent, answer held back
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -203,7 +214,7 @@ async def test_last_waiter_leaving_cancels_the_fetch(fake):
 
 async def test_views_acting_as_different_users_do_not_share_resolved_values(fake):
     async with client_for(fake) as client:
-        users = [u async for u in client.users.list(page_size=3)]
+        users = (await client.users.pages(page_size=3).__anext__()).items
         url = next(
             u.default_location.tariff.url  # type: ignore[union-attr]
             for u in users
@@ -214,3 +225,17 @@ async def test_views_acting_as_different_users_do_not_share_resolved_values(fake
         await alice.resolve(url)
         await bob.resolve(url)
         assert fake.stats.count("GET", TARIFF) == 2  # one each, cached per view
+
+
+async def test_the_devices_a_user_links_resolve(fake):
+    """Vehicles and EVSEs have no model yet: they resolve to the JSON the fake serves."""
+    async with client_for(fake) as client:
+        page = await client.users.pages(page_size=20).__anext__()
+        user = next(u for u in page.items if u.vehicles and u.evses)
+        vehicle = await client.resolve(user.vehicles[0])
+        evse = await user.evses[0].resolve()
+        assert vehicle["url"] == user.vehicles[0].url and vehicle["user"] == user.url
+        assert evse["id"] == user.evses[0].id and evse["user"] == user.url
+        assert await client.resolve(user.vehicles[0].url) is vehicle  # cached
+    assert fake.stats.count("GET", "/v2/vehicles/{vehicle_id}") == 1
+    assert fake.stats.count("GET", "/v2/evses/{evse_id}") == 1

@@ -7,7 +7,9 @@ response (except the one the fake is told to garble) must conform.
 from __future__ import annotations
 
 import base64
+import textwrap
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +23,8 @@ try:
     spec_path()
 except FileNotFoundError:  # pragma: no cover - depends on the checkout
     pytest.skip("the OpenAPI spec is not available", allow_module_level=True)
+
+pytest_plugins = ["pytester"]
 
 LONDON = {
     "address_1": "1 High St",
@@ -192,6 +196,32 @@ async def test_tariffs_suppliers_and_sites(run: tuple[Recorder, aiohttp.ClientSe
     await r.check(s, "GET", "/evse_sites", status=200)
     await r.check(s, "GET", f"/evse_sites/{fake.evse_site_id(1)}", status=200)
     await r.check(s, "GET", f"/evse_sites/site{'0' * 26}", status=404)
+
+
+async def test_vehicles_and_evses(run: tuple[Recorder, aiohttp.ClientSession]) -> None:
+    r, s = run
+    users = await r.check(s, "GET", "/users?page_size=30", status=200)
+    owner = next(u for u in users if u["vehicles"] and u["evses"])
+    vehicle_id = owner["vehicles"][0].rsplit("/", 1)[1]
+    evse_id = owner["evses"][0].rsplit("/", 1)[1]
+    await r.check(s, "GET", "/vehicles", status=200)
+    page = await r.check(s, "GET", "/vehicles?page_size=2&expand=user", status=200)
+    await r.check(s, "GET", f"/vehicles?page_size=2&page_after={page[-1]['id']}", status=200)
+    await r.check(s, "GET", f"/vehicles?page_before={page[-1]['id']}", status=200)
+    await r.check(s, "GET", "/vehicles", status=200, headers={"EvEnergy-User": owner["id"]})
+    await r.check(s, "GET", f"/vehicles/{vehicle_id}", status=200)
+    await r.check(s, "GET", f"/vehicles/{vehicle_id}?expand=user", status=200)
+    await r.check(s, "GET", f"/vehicles/vhcl{'0' * 26}", status=404)
+    await r.check(s, "GET", "/vehicles?expand=trim", status=400)
+    evses = await r.check(s, "GET", "/evses?page_size=100&expand=user", status=200)
+    assert any("user" not in e for e in evses) and any("user" in e for e in evses)
+    await r.check(s, "GET", f"/evses?page_size=3&page_before={evses[-1]['id']}", status=200)
+    evse = await r.check(s, "GET", f"/evses/{evse_id}?expand=user", status=200)
+    await r.check(s, "GET", f"/evses?cpid={evse['cpid']}", status=200)
+    await r.check(s, "GET", "/evses", status=200, headers={"EvEnergy-User": owner["id"]})
+    await r.check(s, "GET", f"/evses/{evses[0]['id']}", status=200)  # a site's
+    await r.check(s, "GET", f"/evses/evse{'0' * 26}", status=404)
+    await r.check(s, "GET", "/evses?page_after=nope", status=400, valid_request=False)
 
 
 async def test_auth_faults_and_limits(run: tuple[Recorder, aiohttp.ClientSession]) -> None:
@@ -381,3 +411,58 @@ def test_form_bodies_are_validated_as_their_json_equivalent(validator: SpecValid
 def test_outside_the_api_is_skipped(validator: SpecValidator) -> None:
     report = validator.validate("POST", "http://127.0.0.1:9/o/token/", {}, b"", 200, {}, b"{}")
     assert report.skipped and report.ok
+
+
+# --- the spec_check fixture --------------------------------------------------------------------
+
+
+def test_spec_check_fails_the_test_whose_exchange_breaks_the_spec(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exchanges are validated after the test body, off the event loop; a violation still fails
+    that test (in its call phase), and one recorded while fixtures are torn down fails there."""
+    here = Path(__file__).parent
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makeconftest((here / "conftest.py").read_text())
+    pytester.makepyfile(spec_conformance=(here / "spec_conformance.py").read_text())
+    monkeypatch.setenv("EVENERGY_OPENAPI_SPEC", str(spec_path()))
+    pytester.makepyfile(
+        test_recorded=textwrap.dedent(
+            """
+            from types import SimpleNamespace
+
+            import pytest
+
+            def exchange(body):
+                headers = {"Content-Type": "application/json", "EvEnergy-Version": "2",
+                           "X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "9"}
+                return SimpleNamespace(
+                    method="GET", url="http://127.0.0.1:9/v2/suppliers?page_size=2",
+                    request_headers={"Authorization": "Bearer t"}, request_body=b"",
+                    status=200, response_headers=headers, response_body=body, fault=None,
+                )
+
+            @pytest.fixture
+            def late(spec_check):
+                yield
+                spec_check(exchange(b'[{"id": 5}]'))
+
+            def test_breaks(spec_check):
+                spec_check(exchange(b'[{"id": 5}]'))
+                assert len(spec_check.exchanges) == 1  # recorded, not yet validated
+
+            def test_records_nothing(spec_check):
+                pass
+
+            def test_breaks_while_torn_down(late):
+                pass
+            """
+        )
+    )
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "-p", "no:cov", "-p", "no:hypothesispytest"
+    )
+    result.assert_outcomes(passed=2, failed=1, errors=1)
+    result.stdout.fnmatch_lines(["*spec violation(s):*", "*GET http://127.0.0.1:9/v2/suppliers*"])
+    result.stdout.fnmatch_lines(["FAILED test_recorded.py::test_breaks*"])
+    result.stdout.fnmatch_lines(["ERROR test_recorded.py::test_breaks_while_torn_down*"])

@@ -979,3 +979,73 @@ def test_a_patch_carries_what_differs_and_what_the_address_rule_needs(
     assert {**current, **sent} == merged  # the server ends where the record says
     for name in ("tariff", "evse_site", "coordinates"):
         assert (name in sent) == (name in differs)
+
+
+async def test_every_exchange_of_a_sync_follows_the_spec(spec_check: Any) -> None:
+    async with (
+        FakeEvEnergy(users=120, rate_limit=100_000, on_exchange=spec_check) as fake,
+        ev.Client(token=fake.token, base_url=fake.base_url) as client,
+    ):
+        exported = await _export(client)
+        with_address = [u for u in exported if u["default_location"].get("address_1")]
+        edits = [
+            {"city": "Leeds"},
+            {"coordinates": {"latitude": 53.8, "longitude": -1.55}},
+            {"tariff": None},
+            {"address_2": None, "state": None},
+            dict.fromkeys(("address_1", "address_2", "city", "state", "postal_code"))
+            | {
+                "country_code": None,
+                "coordinates": None,
+            },
+        ]
+        records: list[dict[str, Any]] = []
+        for user, edit in zip(with_address, edits * 4, strict=False):
+            records.append({**user, "default_location": {**user["default_location"], **edit}})
+        records.append({"id": with_address[-1]["id"], "email": "renamed@example.com"})
+        records.extend(_new_user(i) for i in range(3))
+        for lookup in ("auto", "each"):
+            outcomes = await _sync_all(client, records, lookup=lookup)
+            assert not [o for o in outcomes if o.action == "failed"], outcomes
+        assert {o.action for o in await _sync_all(client, records)} == {"unchanged"}
+
+
+@pytest.mark.parametrize("lookup", ["auto", "each"])
+async def test_the_plan_is_told_after_a_look_up_and_before_the_first_write(
+    world: tuple[FakeEvEnergy, ev.Client, Recorder], lookup: str
+) -> None:
+    fake, client, _ = world
+    records = _scenario(await _export(client), identical=3, changed=5, new=2)
+    fake.stats.reset()
+    told: list[tuple[int, int, ev.RateLimit | None]] = []
+
+    def on_plan(plan: _sync.SyncPlan) -> None:
+        told.append((fake.stats.total, _writes(fake), client.rate_limit))
+
+    await _sync_all(client, records, lookup=lookup, on_plan=on_plan, concurrency=1)
+    [(requests, writes, rate)] = told
+    assert requests >= 1 and writes == 0
+    assert rate is not None and rate.limit == 100_000  # known when the plan is told
+    assert _writes(fake) == 7
+
+
+async def test_a_listing_that_fails_ends_the_run_without_a_resume_cursor(
+    world: tuple[FakeEvEnergy, ev.Client, Recorder],
+) -> None:
+    fake, client, recorder = world
+    records = [{"email": f"nobody{i}@example.com"} for i in range(20)]  # found on no page
+    pages = 0
+
+    def after(exchange: Exchange) -> None:
+        nonlocal pages
+        if exchange.method == "GET":
+            pages += 1
+            if pages == 2:
+                fake.faults.fail_next(1, status=401)  # the third page
+
+    recorder.after = after
+    with pytest.raises(ev.Unauthorized) as caught:
+        await _sync_all(client, records)
+    assert pages == 3  # two pages, then the refused one
+    assert caught.value.resume_cursor is None  # not a stream: run it again instead
+    assert _writes(fake) == 0

@@ -145,6 +145,10 @@ class SyncRun:
                         break
                     if not _sync.keep_listing(pages, len(self._unmatched), to_match, self._lookup):
                         break
+            except EvEnergyError as exc:
+                # A sync is resumed by running it again, not from the listing's cursor.
+                exc.resume_cursor = None
+                raise
             finally:
                 await stream.aclose()
         left = sorted(self._unmatched.values(), key=lambda r: r.index)
@@ -164,9 +168,9 @@ class SyncRun:
         try:
             user = await self._users.get(record.id)
         except EvEnergyError as exc:
-            return self._failure(record, exc)
-        finally:
             self._announce()
+            return self._failure(record, exc)
+        self._announce()
         for named, duplicate in self._batch.match(user.id, user.email):
             if named is record and duplicate is not None:
                 return duplicate
@@ -207,9 +211,9 @@ class SyncRun:
         try:
             user = await self._find(record.email)
         except EvEnergyError as exc:
-            return self._failure(record, exc)
-        finally:
             self._announce()
+            return self._failure(record, exc)
+        self._announce()
         if user is not None:
             for named, duplicate in self._batch.match(user.id, user.email):
                 if named is record:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator
 
 from .. import _validate as v
@@ -20,6 +21,7 @@ class EVSESites(Collection):
 
     async def list(self) -> AsyncGenerator[EVSESite, None]:
         """Every EVSE site, following the ``Link`` header (the API takes no paging options)."""
-        async for page in self._pages(self._url(), EVSESite, {}):
-            for site in page.items:
-                yield site
+        async with contextlib.aclosing(self._pages(self._url(), EVSESite, {})) as pages:
+            async for page in pages:
+                for site in page.items:
+                    yield site

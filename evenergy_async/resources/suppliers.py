@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -28,6 +29,7 @@ class Suppliers(Collection):
             params["available_for_user_id"] = v.check_id(
                 available_for_user_id, v.USER_ID, "available_for_user_id"
             )
-        async for page in self._pages(self._url(), Supplier, params):
-            for supplier in page.items:
-                yield supplier
+        async with contextlib.aclosing(self._pages(self._url(), Supplier, params)) as pages:
+            async for page in pages:
+                for supplier in page.items:
+                    yield supplier

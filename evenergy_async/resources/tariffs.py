@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
@@ -87,8 +88,9 @@ class Tariffs(Collection):
         params = self._list_params(
             page_size, page, supplier_id, supplier, valid, gsp_group, available_for_user_id, expand
         )
-        async for result in self._pages(self._url(), Tariff, params):
-            yield result
+        async with contextlib.aclosing(self._pages(self._url(), Tariff, params)) as pages:
+            async for result in pages:
+                yield result
 
     async def list(
         self,
@@ -102,7 +104,7 @@ class Tariffs(Collection):
         expand: TariffPath | Iterable[TariffPath] = (),
     ) -> AsyncGenerator[Tariff, None]:
         """Every tariff matching the filters, following the ``Link`` header page by page."""
-        async for page in self.pages(
+        pages = self.pages(
             page_size=page_size,
             supplier_id=supplier_id,
             supplier=supplier,
@@ -110,6 +112,8 @@ class Tariffs(Collection):
             gsp_group=gsp_group,
             available_for_user_id=available_for_user_id,
             expand=expand,
-        ):
-            for tariff in page.items:
-                yield tariff
+        )
+        async with contextlib.aclosing(pages):  # its page fetched ahead ends with this stream
+            async for page in pages:
+                for tariff in page.items:
+                    yield tariff

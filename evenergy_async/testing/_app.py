@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import bisect
 import contextvars
 import math
@@ -38,6 +37,7 @@ from aiohttp.typedefs import Handler
 from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 from evenergy_async.testing._data import TariffRecord, UserRecord, UserStore, now_iso
+from evenergy_async.testing._devices import EVSE, VEHICLE, Devices, Owner, evse_id_of_cpid, page
 from evenergy_async.testing._faults import FakeStats, Faults, InjectedFailure
 from evenergy_async.testing._payload import (
     BodyError,
@@ -50,6 +50,7 @@ from evenergy_async.testing._payload import (
 )
 from evenergy_async.testing._ratelimit import SlidingWindowLog
 from evenergy_async.testing._render import (
+    DEVICE_EXPANSIONS,
     TARIFF_EXPANSIONS,
     USER_EXPANSIONS,
     JSONDict,
@@ -63,11 +64,15 @@ PROBLEM_JSON = "application/problem+json"
 API_VERSION = "2"
 DEFAULT_PAGE_SIZE = 25
 MAX_PAGE_SIZE = 100
+MAX_PAGE_NUMBER = (
+    2**31 - 1
+)  # beyond it a page number is malformed (400), below it maybe absent (404)
 CACHE_SIZE = 512
 SCOPES = "user:read user:write tariff:read tariff:prices:read site:read"
 _dumps = msgspec.json.Encoder().encode
 _CURSOR = re.compile(r"[a-z]{4}[A-Z0-9]{26}")
 _USER_ID = re.compile(r"user[A-Z0-9]{26}")
+_VERSION_2 = re.compile(r"0*2(\.0*)?", re.ASCII)
 _ACCEPTABLE = frozenset({"*/*", "application/*", JSON, PROBLEM_JSON})
 _UNMATCHED = "<unmatched>"
 
@@ -241,6 +246,8 @@ class Api:
         self._cache: OrderedDict[Hashable, CachedPage] = OrderedDict()
         self._cache_version = -1
         self.validator = Validator(self._resolve_tariff, self._resolve_site)
+        self.vehicles = Devices(store, VEHICLE)
+        self.evses = Devices(store, EVSE, world.sites)
 
     def bind(self, origin: str) -> None:
         """Set the origin (``http://host:port``) every URL is built on."""
@@ -261,6 +268,10 @@ class Api:
         app.router.add_get("/v2/suppliers/{supplier_id}", self.get_supplier)
         app.router.add_get("/v2/evse_sites", self.list_sites)
         app.router.add_get("/v2/evse_sites/{evse_site_id}", self.get_site)
+        app.router.add_get("/v2/vehicles", self.list_vehicles)
+        app.router.add_get("/v2/vehicles/{vehicle_id}", self.get_vehicle)
+        app.router.add_get("/v2/evses", self.list_evses)
+        app.router.add_get("/v2/evses/{evse_id}", self.get_evse)
         return app
 
     # --- middleware ------------------------------------------------------------------------
@@ -449,11 +460,7 @@ class Api:
         version = request.headers.get("EvEnergy-Version")
         if version is None or version.strip() == API_VERSION:
             return
-        try:
-            supported = float(version) == 2
-        except ValueError:
-            supported = False
-        if not supported:
+        if not _VERSION_2.fullmatch(version.strip()):  # ASCII only: float() takes "٢" too
             raise Problem(
                 400,
                 "Unsupported version",
@@ -835,36 +842,124 @@ class Api:
             raise self._not_found(str(request.url.with_query(None)))
         return self._json(self.renderer.site(index, self._acting_record()))
 
+    # --- vehicles and EVSEs ----------------------------------------------------------------
+
+    async def list_vehicles(self, request: web.Request) -> web.Response:
+        return self._device_list(request, self.vehicles)
+
+    async def list_evses(self, request: web.Request) -> web.Response:
+        return self._device_list(request, self.evses)
+
+    async def get_vehicle(self, request: web.Request) -> web.Response:
+        return self._device(request, self.vehicles, request.match_info["vehicle_id"])
+
+    async def get_evse(self, request: web.Request) -> web.Response:
+        return self._device(request, self.evses, request.match_info["evse_id"])
+
+    def _device(self, request: web.Request, devices: Devices, device_id: str) -> web.Response:
+        expand = _expansions(request.rel_url.query, DEVICE_EXPANSIONS)
+        owner = devices.find(device_id)
+        if owner is None:
+            raise self._not_found(str(request.url.with_query(None)))
+        return self._json(self._render_device(devices, device_id, owner, "user" in expand))
+
+    def _device_list(self, request: web.Request, devices: Devices) -> web.Response:
+        """Every device, or only those of the user ``EvEnergy-User`` names, in id order."""
+        query = request.rel_url.query
+        size = _page_size(query)
+        expand = _expansions(query, DEVICE_EXPANSIONS)
+        after = _cursor(query, "page_after", devices.prefix)
+        before = None if after is not None else _cursor(query, "page_before", devices.prefix)
+        only: list[str] | None = None
+        acting = state().acting
+        if "EvEnergy-User" in request.headers and acting is not None:
+            only = devices.owned_by(acting)
+        kept = ["expand"]
+        if devices.prefix == EVSE and "cpid" in query:
+            kept.append("cpid")
+            wanted = evse_id_of_cpid(query["cpid"])
+            exists = wanted is not None and devices.find(wanted) is not None
+            only = [wanted] if wanted and exists and (only is None or wanted in only) else []
+        found = page(devices, size, after, before, only)
+        items = []
+        for device_id in found.ids:
+            owner = devices.find(device_id)
+            assert owner is not None  # listed ids exist
+            items.append(self._render_device(devices, device_id, owner, "user" in expand))
+        params: list[tuple[str, object]] = [("page_size", size), *_kept_params(query, kept)]
+        previous = next_ = None
+        if found.has_previous:
+            previous = self._url(request.path, [*params, ("page_before", found.ids[0])])
+        if found.has_next:
+            next_ = self._url(request.path, [*params, ("page_after", found.ids[-1])])
+        response = self._json(items)
+        response.headers["Link"] = link_header(previous, next_)
+        return response
+
+    def _render_device(
+        self, devices: Devices, device_id: str, owner: Owner, expand_user: bool
+    ) -> JSONDict:
+        user: object = None
+        coordinates = None
+        if not owner.site:
+            user_id, record = self.store.entry(owner.index)
+            coordinates = record.location.coordinates
+            user = (
+                self.renderer.user(user_id, record, UserExpand(), self._acting_record())
+                if expand_user
+                else self.renderer.user_url(user_id)
+            )
+        if devices.prefix == VEHICLE:
+            return self.renderer.vehicle(device_id, owner, user)
+        return self.renderer.evse(device_id, owner, user, coordinates)
+
 
 # --- query parsing ---------------------------------------------------------------------------
+
+
+def _ascii_int(raw: str, largest: int) -> int | None:
+    """``raw`` as an integer in [0, largest] if it is ASCII digits only, else None.
+
+    ``str.isdigit`` alone accepts ``²`` and other Unicode digits that ``int`` refuses, and
+    ``int`` refuses over 4300 digits: both once made a 500 here.
+    """
+    if not (raw.isascii() and raw.isdigit()) or len(raw.lstrip("0")) > len(str(largest)):
+        return None
+    value = int(raw)
+    return value if value <= largest else None
 
 
 def _page_size(query: MultiMapping[str]) -> int:
     raw = query.get("page_size")
     if raw is None:
         return DEFAULT_PAGE_SIZE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    size = _ascii_int(raw, MAX_PAGE_SIZE)
+    if size is None or size < 1:
         raise pagination_problem(
             "page_size", f"Ensure this value is an integer between 1 and {MAX_PAGE_SIZE}."
         )
-    return int(raw)
+    return size
 
 
 def _page_number(query: MultiMapping[str]) -> int:
     raw = query.get("page")
     if raw is None:
         return 1
-    if not raw.isdigit() or int(raw) < 1:
-        raise pagination_problem("page", "Ensure this value is an integer of at least 1.")
-    return int(raw)
+    number = _ascii_int(raw, MAX_PAGE_NUMBER)
+    if number is None or number < 1:
+        raise pagination_problem(
+            "page", f"Ensure this value is an integer between 1 and {MAX_PAGE_NUMBER}."
+        )
+    return number
 
 
-def _cursor(query: MultiMapping[str], name: str) -> str | None:
+def _cursor(query: MultiMapping[str], name: str, prefix: str = "user") -> str | None:
+    """A cursor: an id of the listed collection (its 4-letter prefix and a ULID)."""
     raw = query.get(name)
     if raw is None:
         return None
-    if not _CURSOR.fullmatch(raw) or not raw.startswith("user"):
-        raise pagination_problem(name, "Ensure this value is a user id.")
+    if not _CURSOR.fullmatch(raw) or not raw.startswith(prefix):
+        raise pagination_problem(name, f"Ensure this value is an id starting with {prefix!r}.")
     return raw
 
 
@@ -936,7 +1031,7 @@ def _basic_credentials(header: str) -> tuple[str | None, str | None]:
         return None, None
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text
         return None, None
     client_id, _, secret = decoded.partition(":")
     return unquote_plus(client_id), unquote_plus(secret)

@@ -11,7 +11,10 @@ Conventions (each detailed in the module that implements it):
 
 - Endpoints: ``/v2/users`` (cursor pages, GET/POST), ``/v2/users/{user_id|me}`` (GET/PATCH),
   ``/v2/tariffs`` and ``/v2/suppliers`` (page-number pages, sorted by name) with their items,
-  ``/v2/evse_sites`` (one page) with its items, and ``POST /o/token/`` (client credentials).
+  ``/v2/evse_sites`` (one page) with its items, ``/v2/vehicles`` and ``/v2/evses`` (cursor
+  pages of every vehicle or EVSE, or of the ``EvEnergy-User``'s; EVSEs filter by ``cpid``)
+  with their items, so every URL a response holds is served (``_devices``), and
+  ``POST /o/token/`` (client credentials).
 - Ids are a 4-letter prefix and a ULID whose time part encodes the resource's index, so ids are
   deterministic for a seed and sort in creation order (``_ids``, ``_data``).
 - Users are generated lazily from their index: a million users cost nothing until served; writes

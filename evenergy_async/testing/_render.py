@@ -18,6 +18,7 @@ from evenergy_async.testing._data import (
     TariffRecord,
     UserRecord,
 )
+from evenergy_async.testing._devices import Owner, cpid, evse_traits, vehicle_traits
 from evenergy_async.testing._ids import digest
 
 JSONDict = dict[str, object]
@@ -28,6 +29,9 @@ USER_EXPANSIONS = (
     "default_location.evse_site",
 )
 TARIFF_EXPANSIONS = ("supplier", "scheduler_tariff", "prices")
+# The spec lets more be expanded (trim, model, latest_status_log, ...); the fake has none of
+# those resources, so it leaves them out and refuses to expand them.
+DEVICE_EXPANSIONS = ("user",)
 PRICE_INTERVAL = timedelta(minutes=30)
 
 
@@ -178,6 +182,35 @@ class Renderer:
             "cpms_connection_display_name": s.cpms_connection_display_name,
             "user_connected": connected,
         }
+
+    # vehicles and EVSEs
+    def vehicle(self, vehicle_id: str, owner: Owner, user: object) -> JSONDict:
+        """A Vehicle; ``user`` is its owner's URL or expanded User."""
+        return {
+            "id": vehicle_id,
+            "url": self.related_url(vehicle_id),
+            "user": user,
+            **vehicle_traits(self.world.seed, owner),
+        }
+
+    def evse(
+        self, evse_id: str, owner: Owner, user: object, coordinates: tuple[float, float] | None
+    ) -> JSONDict:
+        """An EVSE; a site's has no ``user``, a user's is where the user lives."""
+        rendered: JSONDict = {
+            "id": evse_id,
+            "url": self.related_url(evse_id),
+            "cpid": cpid(evse_id),
+        }
+        if user is not None:
+            rendered["user"] = user
+        rendered["location"] = (
+            None
+            if coordinates is None
+            else {"latitude": coordinates[0], "longitude": coordinates[1]}
+        )
+        rendered.update(evse_traits(self.world.seed, owner))
+        return rendered
 
     # users
     def user(
