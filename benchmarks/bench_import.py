@@ -7,7 +7,7 @@ The package loads its public names on first attribute access, so a bare
 Each measurement runs ``python -c "<import>"`` and ``python -c pass`` back to back, `--pairs`
 times, and keeps the median difference: the import's own cost without interpreter start-up.
 For reference the same is measured for the library's heaviest dependency (aiohttp, with
-orjson) and for the pydantic peer (httpx + pydantic).  Then ``python -X importtime`` splits
+msgspec) and for the pydantic peer (httpx + pydantic).  Then ``python -X importtime`` splits
 the library's import into self time per top-level package.  Modules are byte-compiled
 (to a private PYTHONPYCACHEPREFIX) in the warm-up round, as an installed package would be.
 
@@ -29,12 +29,12 @@ from _harness import print_table, run_rounds
 
 FIRST_USE = "import evenergy_async as ev; ev.Client; ev.User"
 STATEMENTS = {
-    "import aiohttp, orjson (dependency floor)": "import aiohttp, orjson",
+    "import aiohttp, msgspec (dependency floor)": "import aiohttp, msgspec",
     "import evenergy_async (names load lazily)": "import evenergy_async",
     "import evenergy_async + first use of ev.Client, ev.User": FIRST_USE,
     "import httpx, pydantic (peer)": "import httpx, pydantic",
 }
-FLOOR = "import aiohttp, orjson (dependency floor)"
+FLOOR = "import aiohttp, msgspec (dependency floor)"
 
 
 # Byte-compiled modules as an installed package would have them: PYTHONDONTWRITEBYTECODE
@@ -113,7 +113,7 @@ def main() -> None:
         results,
         unit="ms",
         floor=FLOOR,
-        ratio_label="cost vs aiohttp+orjson",
+        ratio_label="cost vs aiohttp+msgspec",
         fmt="{:.1f}",
         delta=True,
     )

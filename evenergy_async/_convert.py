@@ -40,6 +40,9 @@ __all__ = ["Codec", "convert", "decode", "decode_list", "to_api", "to_wire"]
 _MAX_SHARED_REFS = 1024
 
 _PRICES = tuple[Price, ...]
+# The type msgspec hands the hook for `User.vehicles` items (typing caches `Ref[Any]`, so it
+# is this very object; were it not, such Refs would merely be shared like the others).
+_REF_ANY = Ref[Any]
 _DECODE_ERRORS = (
     msgspec.ValidationError,
     msgspec.DecodeError,
@@ -62,12 +65,15 @@ class Codec:
         self._decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
         shared: dict[str, Ref[Any]] = {}
         expanded = self._expanded_ref
+        ref_any = _REF_ANY
 
         # Called for every relation of every user (about twice per user): a closure over
         # locals, as cheap as a Python call gets.  The models' only custom types are `Ref[X]`
         # and `Prices`, so a string is always a URL.
         def hook(tp: Any, obj: Any) -> Any:
             if type(obj) is str:
+                if tp is ref_any:  # vehicles, evses: a URL of each user's own, nothing to share
+                    return Ref(obj, _MISSING, resolver)
                 ref = shared.get(obj)
                 if ref is None:
                     if len(shared) >= _MAX_SHARED_REFS:

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import orjson
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -109,7 +109,7 @@ def test_malformed_query_is_a_400_problem(served: Served, path: str, field: str)
     status, content_type, body = served.request("GET", path, auth(served), None)
     assert status == 400, body
     assert content_type == PROBLEM
-    assert field in orjson.loads(body)["field_errors"]
+    assert field in msgspec.json.decode(body)["field_errors"]
 
 
 @pytest.mark.parametrize(
@@ -151,7 +151,7 @@ def test_malformed_body_is_a_400_problem(
     assert status == 400, reply
     assert answered == PROBLEM
     if field is not None:
-        assert field in orjson.loads(reply)["field_errors"]
+        assert field in msgspec.json.decode(reply)["field_errors"]
 
 
 def test_a_non_ascii_version_or_basic_credential_is_refused(served: Served) -> None:
@@ -169,7 +169,7 @@ def test_a_non_ascii_version_or_basic_credential_is_refused(served: Served) -> N
         },
         b"grant_type=client_credentials",
     )
-    assert status == 401 and orjson.loads(body)["error"] == "invalid_client"
+    assert status == 401 and msgspec.json.decode(body)["error"] == "invalid_client"
 
 
 # --- the property ------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ json_values = st.recursive(
 )
 bodies = st.one_of(
     st.none(),
-    json_values.map(lambda value: (orjson.dumps(value), "application/json")),
+    json_values.map(lambda value: (msgspec.json.encode(value), "application/json")),
     st.binary(max_size=60).map(lambda raw: (raw, "application/json")),
     st.lists(st.tuples(st.text(max_size=30), st.one_of(numbers, st.text(max_size=20))), max_size=4)
     .map(lambda pairs: "&".join(f"{quote(k)}={quote(v)}" for k, v in pairs).encode())
@@ -310,5 +310,5 @@ def test_no_input_makes_the_fake_answer_500(
     assert status < 500, reply
     if status >= 400 and template.startswith("/v2"):
         assert content_type == PROBLEM
-        problem = orjson.loads(reply)
+        problem = msgspec.json.decode(reply)
         assert problem["status"] == status
