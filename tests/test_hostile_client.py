@@ -177,6 +177,28 @@ async def test_a_cursor_that_does_not_advance_ends_the_stream():
         assert len(server.requests) == 2
 
 
+async def test_a_long_cycle_back_to_the_first_page_ends_the_stream():
+    # 200 pages, the last linking back to the first: too long to remember every page cheaply
+    pages = 200
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        base = str(request.url.origin()) + "/v2"
+        after = request.query.get("page_after")
+        n = int(after[4:]) if after else 0  # the page after uid(n) is page n + 1
+        following = n + 1 if n + 1 < pages else None
+        link = f"{base}/users?page_size=1&page_after={uid(following)}" if following else None
+        return page([user_json(base, uid(n + 1))], link or f"{base}/users?page_size=1")
+
+    async with serve(handle) as server, client_for(server) as client:
+        seen: list[str] = []
+        with pytest.raises(ev.InvalidResponse, match="already read"):
+            async for user in client.users.list(page_size=1):
+                seen.append(user.id)
+        assert seen[:pages] == [uid(i) for i in range(1, pages + 1)]
+        # Brent's bound for a cycle of 200 from the first page: within 2 * 201 + 201 pages
+        assert pages < len(server.requests) <= 3 * (pages + 1)
+
+
 async def test_empty_pages_that_keep_linking_on_end_the_stream():
     # every cursor is new, but no page has an item: a list() consumer would never get control
     count = 0

@@ -3,6 +3,8 @@ that the server's links go round in a circle.  No event loop, no network."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -80,3 +82,36 @@ def test_a_trail_refuses_a_position_asked_for_twice(key):
     with pytest.raises(ev.InvalidResponse):
         trail.follow(URL(f"https://a.test/v2/x?{key}=2&page_size=4"))
     trail.follow(URL(f"https://a.test/v2/x?{key}=3&page_size=4"))  # a new position is fine
+
+
+def cursor_page(i: int) -> URL:
+    return URL(f"https://a.test/v2/users?page_size=2&page_after=user{i}")
+
+
+@pytest.mark.parametrize("length", [1, 2, 63, 64, 65, 200, 1000])
+@pytest.mark.parametrize("lead", [0, 5, 300])
+def test_a_trail_ends_a_cycle_of_any_length_within_a_bounded_number_of_pages(length, lead):
+    # the first page, `lead` more distinct pages, then `length` pages over and over
+    pages = [URL("https://a.test/v2/users?page_size=2")]
+    pages += [cursor_page(i) for i in range(lead)]
+    cycle = [cursor_page(10_000 + i) for i in range(length)]
+    distinct = len(pages) + length
+    trail = _Trail()
+    followed = 0
+    with pytest.raises(ev.InvalidResponse, match="already read"):
+        for url in itertools.chain(pages, itertools.cycle(cycle)):
+            trail.follow(url)
+            followed += 1
+            assert followed <= 2 * distinct + length  # Brent's bound
+    assert followed >= distinct  # no page refused before it came round again
+    if length <= _Trail.RECENT:  # a short cycle ends at its first repeat
+        assert followed == distinct
+
+
+def test_a_trail_holds_a_bounded_number_of_keys_however_many_pages_it_follows():
+    trail = _Trail()
+    trail.follow(URL("https://a.test/v2/users?page_size=100"))
+    for i in range(10_000):
+        trail.follow(cursor_page(i))
+        assert len(trail) <= _Trail.RECENT + 1
+    assert len(trail) == _Trail.RECENT + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import (
     AsyncGenerator,
@@ -201,25 +202,58 @@ class Collection:
 
 
 class _Trail:
-    """The pages a stream has asked for.  A URL or a position (cursor, page number) asked for
-    twice means the server's links go round in a circle (A -> B -> A, a page linking to
-    itself, a cursor that does not move): the stream would never end, so it is refused."""
+    """The pages a stream has asked for, in O(1) memory however long the stream.
 
-    __slots__ = ("positions", "urls")
+    A page asked for twice means the server's links go round in a circle (A -> B -> A, a
+    page linking to itself, a cursor that does not move): the stream would never end, so it
+    is refused.  A page is known by its position (``page_after``, ``page_before``, ``page``)
+    when its URL has one, else by its URL with the query sorted.
+
+    Two checks, neither growing with the stream: the last `RECENT` keys, exactly, end a short
+    cycle at its first repeat; and one checkpoint key, moved to the latest page whenever the
+    count of pages since it reaches the next power of two (Brent's cycle detection), ends
+    any longer cycle: once the checkpoint lies on a cycle of length L and the power reached
+    is at least L, the checkpoint comes round again within L pages.  A cycle that starts
+    after page M and is L pages long so ends within about 2 * max(M, L) + L pages.
+    """
+
+    RECENT = 64
+
+    __slots__ = ("_checkpoint", "_order", "_power", "_recent", "_since")
 
     def __init__(self) -> None:
-        self.urls: set[str] = set()
-        self.positions: set[tuple[tuple[str, str], ...]] = set()
+        self._recent: set[object] = set()
+        self._order: collections.deque[object] = collections.deque()
+        self._checkpoint: object = None
+        self._power = 1
+        self._since = 0
 
     def follow(self, url: URL) -> None:
-        query = sorted(url.query.items())
-        key = str(url.with_query(query))
-        position = tuple((k, v) for k, v in query if k in _POSITION)
-        if key in self.urls or position in self.positions:
-            raise InvalidResponse(f"the server's Link leads back to a page already read: {key}")
-        self.urls.add(key)
-        if position:
-            self.positions.add(position)
+        key = _page_key(url)
+        if key in self._recent or key == self._checkpoint:
+            raise InvalidResponse(f"the server's Link leads back to a page already read: {url}")
+        recent, order = self._recent, self._order
+        if len(order) >= self.RECENT:
+            recent.discard(order.popleft())
+        order.append(key)
+        recent.add(key)
+        self._since += 1
+        if self._since >= self._power:
+            self._checkpoint = key
+            self._power *= 2
+            self._since = 0
+
+    def __len__(self) -> int:
+        """How many keys it holds (the recent ones and the checkpoint): at most RECENT + 1."""
+        return len(self._recent) + (self._checkpoint is not None)
+
+
+def _page_key(url: URL) -> object:
+    query = url.query
+    position = tuple(sorted((k, v) for k, v in query.items() if k in _POSITION))
+    if position:
+        return position
+    return (url.raw_path, tuple(sorted(query.items())))
 
 
 def _keep_filters(url: URL, params: Mapping[str, Any]) -> URL:
