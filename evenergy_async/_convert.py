@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import re
+import weakref
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar, get_args
@@ -57,14 +58,17 @@ class Codec:
     synchronous call, so streams of one client may share a codec.
     """
 
-    __slots__ = ("_decoders", "_expanded", "_hook", "_resolver")
+    __slots__ = ("__weakref__", "_decoders", "_expanded", "_hook", "_resolver", "_shared")
 
     def __init__(self, resolver: Resolver | None) -> None:
         self._resolver = resolver
         self._expanded: list[Ref[Any]] = []
         self._decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
-        shared: dict[str, Ref[Any]] = {}
-        expanded = self._expanded_ref
+        self._shared: dict[str, Ref[Any]] = {}
+        shared = self._shared
+        # Weak: the hook (held by the codec's decoders) must not hold the codec, or every codec
+        # would be a reference cycle that only the garbage collector frees.
+        expanded_ref = weakref.WeakMethod(self._expanded_ref)
         ref_any = _REF_ANY
 
         # Called for every relation of every user (about twice per user): a closure over
@@ -80,12 +84,18 @@ class Codec:
                         shared.clear()
                     ref = shared[obj] = Ref(obj, _MISSING, resolver)
                 return ref
+            expanded = expanded_ref()
+            assert expanded is not None  # a decoder runs only while its codec is in use
             return expanded(tp, obj)
 
         self._hook = hook
 
     def decode(self, body: bytes, cls: type[T]) -> tuple[T, list[Ref[Any]]]:
-        """One resource from a JSON body; also the relations that arrived expanded."""
+        """One resource from a JSON body; also the relations that arrived expanded.
+
+        Its Refs are its own (shared within the body only): a resource fetched later gets
+        new ones, resolved afresh through the client's cache, not ones resolved long ago."""
+        self._shared.clear()
         value: T = self._decode(body, cls, cls, cls.__name__)
         return value, self.take_expanded()
 

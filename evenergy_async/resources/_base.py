@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 from yarl import URL
 
 from .. import _sansio
-from .._convert import Codec, decode
+from .._convert import Codec
 from .._session import Response, merge_params, query_pairs
 from ..errors import EvEnergyError, InvalidResponse
 from ..models import Page, User
@@ -105,6 +105,8 @@ class Collection:
     def __init__(self, ctx: Requester) -> None:
         self._ctx = ctx
         self._collection_url = ctx.base_url / self.path
+        # One codec for the collection's single resources (each decode has Refs of its own).
+        self._codec = Codec(ctx)
 
     def _url(self, *segments: str) -> URL:
         url = self._collection_url
@@ -117,9 +119,8 @@ class Collection:
         return self._decode(response, cls)
 
     def _decode(self, response: Response, cls: type[T]) -> T:
-        ctx = self._ctx
-        value, expanded = decode(response.body, cls, ctx)
-        ctx.remember(expanded)
+        value, expanded = self._codec.decode(response.body, cls)
+        self._ctx.remember(expanded)
         return value
 
     async def _pages(
