@@ -193,6 +193,8 @@ def decide(
     `now` is the session's monotonic clock (the deadline's), `wall` seconds since the epoch
     (for Retry-After dates), `jitter` uniform in [0, 1).
     """
+    if isinstance(outcome, Response) and outcome.status < 400:
+        return Return(outcome)
     what = f"{call.method} {call.path}"
     if isinstance(outcome, TokenError):
         error: EvEnergyError = outcome.error
@@ -209,8 +211,6 @@ def decide(
         return _retry(state, policy, now, jitter, None, error, str(outcome))
 
     status = outcome.status
-    if status < 400:
-        return Return(outcome)
     api_error = _sansio.error_from_response(status, outcome.headers, outcome.body, wall)
     if status == 429:
         throttled = state.throttled + 1
