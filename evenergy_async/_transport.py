@@ -73,7 +73,8 @@ class AiohttpTransport:
             # ValueError: aiohttp or yarl refusing a header or URL before anything was sent.
             # A connection that was never made carried nothing, whatever the method.
             sent = sent and not isinstance(exc, aiohttp.ClientConnectorError | ValueError)
-            failure = SendError(describe(exc), sent=sent, timed_out=_timed_out(exc))
+            message = _redact(describe(exc), request.headers.get("Authorization"))
+            failure = SendError(message, sent=sent, timed_out=_timed_out(exc))
         # Raised outside the handler, so the aiohttp error is not kept as its __context__.
         raise failure
 
@@ -96,6 +97,15 @@ async def _read(resp: aiohttp.ClientResponse, limit: int) -> bytes:
             raise InvalidResponse(f"response body is over max_response_bytes={limit}")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _redact(message: str, authorization: str | None) -> str:
+    """`message` without the credentials a hostile server may have echoed into it (an
+    error quoting the server's header line quotes whatever the server put there)."""
+    if authorization:
+        credentials = authorization.partition(" ")[2] or authorization
+        message = message.replace(credentials, "***")
+    return message
 
 
 def _timed_out(exc: BaseException) -> bool:

@@ -31,6 +31,8 @@ async def test_the_contract_as_written(with_credentials: bool, spec_check) -> No
             max_rate_limit_wait=None,
             limiter=None,
             session=None,
+            deadline=None,
+            max_response_bytes=64 * 2**20,
         ) as client:
             seen = [
                 u
@@ -69,6 +71,7 @@ async def test_the_contract_as_written(with_credentials: bool, spec_check) -> No
             assert isinstance(tariff_ref, ev.Ref)
             tariff = await tariff_ref.resolve()
             assert await client.resolve(tariff_ref) is tariff
+            assert await tariff_ref is tariff  # `await ref` = `await ref.resolve()`
             assert isinstance(tariff, ev.Tariff)
 
             async for u in client.users.list(resolve=("default_location.tariff",)):
@@ -101,6 +104,14 @@ async def test_the_contract_as_written(with_credentials: bool, spec_check) -> No
                 assert outcome.changed == (("email",) if expected != "failed" else ())
                 assert (outcome.user is None) == (outcome.error is not None)
 
+            stats = client.stats
+            assert stats.requests >= 10 and stats.cache_hits >= 1
+        # after the `async with`, every call raises ev.ClientClosed
+        with pytest.raises(ev.ClientClosed):
+            await client.users.get("me")
+        with pytest.raises(ev.ClientClosed):
+            await client.resolve(someone.default_location.tariff.url)  # type: ignore[union-attr]
+
 
 async def test_names_the_contract_promises() -> None:
     for name in ("User", "Location", "LatLong", "Tariff", "Supplier", "EVSESite", "Ref", "Page",
@@ -111,8 +122,19 @@ async def test_names_the_contract_promises() -> None:
 
     assert issubclass(errors.BadRequest, errors.APIError)
     assert issubclass(errors.InvalidRequest, ValueError)
-    for cls in (errors.TransportError, errors.InvalidResponse, errors.InvalidRequest):
+    for cls in (
+        errors.TransportError,
+        errors.InvalidResponse,
+        errors.InvalidRequest,
+        errors.OutcomeUnknown,
+        errors.ClientClosed,
+    ):
         assert issubclass(cls, errors.EvEnergyError)
+        assert getattr(ev, cls.__name__) is cls
+    assert issubclass(errors.RateLimiterUnavailable, errors.TransportError)
+    for cls in (errors.BadRequest, errors.Unauthorized, errors.Forbidden, errors.NotFound,
+                errors.Conflict, errors.RateLimited, errors.ServerError):  # fmt: skip
+        assert issubclass(cls, errors.APIError)
 
 
 async def test_a_caller_owned_session() -> None:

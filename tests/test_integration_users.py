@@ -224,6 +224,23 @@ async def test_client_credentials_fetch_once_and_refresh(spec_check):
             assert fake.client_secret not in repr(creds)
 
 
+async def test_client_credentials_are_fetched_again_before_they_expire(spec_check):
+    """A token whose expires_in is 1 s is replaced before it lapses: after 1 s (a lower bound,
+    so a slow machine only waits longer) the next call fetches a new one without a 401 (the
+    fake's clock stands still, so the server would still take the old one)."""
+    clock = Clock()
+    async with FakeEvEnergy(users=5, token_lifetime=1.0, on_exchange=spec_check, clock=clock) as f:
+        creds = ev.ClientCredentials(f.client_id, f.client_secret)
+        async with ev.Client(credentials=creds, base_url=f.base_url) as client:
+            user_id = f.user_id(1)
+            await client.users.get(user_id)
+            assert f.stats.token_fetches == 1
+            await asyncio.sleep(1.0)  # past the refresh time (at most 0.9 s after the fetch)
+            await client.users.get(user_id)
+            assert f.stats.token_fetches == 2
+            assert 401 not in f.stats.statuses
+
+
 async def test_bad_client_credentials_are_unauthorized(fake):
     creds = ev.ClientCredentials(fake.client_id, "wrong-secret")
     async with ev.Client(credentials=creds, base_url=fake.base_url) as client:

@@ -15,7 +15,7 @@ SUPPLIER = "/v2/suppliers/{supplier_id}"
 SITE = "/v2/evse_sites/{evse_site_id}"
 # Enough users for every tariff to be someone's and several pages; each page of 100 users
 # costs about a second of spec validation, so no more.
-USERS = 400
+USERS = 200
 
 
 @pytest.fixture

@@ -222,6 +222,11 @@ async def test_cancellation_anywhere_leaves_the_client_whole(spec_check):
             assert connector is not None
             assert sum(len(v) for v in connector._acquired_per_host.values()) == 0  # type: ignore[attr-defined]
             assert not c._shared.resolving
-            # and it still spends the budget correctly: a burst completes without a 429
+            # and it still spends the budget correctly: once the server's window holds none of
+            # the cancelled requests (the client counts one sent then cancelled from the cancel,
+            # the server from its arrival, which a busy loop can make the later), a burst of
+            # one and a half windows' worth completes without a 429
+            await until(lambda: fake.rate_limit_remaining() == fake.rate_limit)
+            throttled = fake.stats.rate_limited
             await asyncio.gather(*(c.users.get(me.id) for _ in range(60)))
-            assert fake.stats.rate_limited == 0
+            assert fake.stats.rate_limited == throttled

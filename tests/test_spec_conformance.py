@@ -155,6 +155,9 @@ async def test_invalid_requests_get_conforming_problems(
     r, s = run
     bad = {"status": 400, "valid_request": False}
     await r.check(s, "GET", "/users?page_size=0", **bad)
+    await r.check(s, "GET", "/users?page_size=%C2%B2", **bad)  # ²: not an ASCII digit
+    await r.check(s, "GET", f"/users?page_size={'9' * 5000}", **bad)
+    await r.check(s, "GET", f"/tariffs?page={'9' * 5000}", status=400)  # a number, so valid
     await r.check(s, "GET", "/users?page_after=nope", **bad)
     await r.check(s, "GET", "/users?expand=vehicles", **bad)
     await r.check(s, "GET", "/users", headers={"EvEnergy-Version": "3"}, **bad)
