@@ -36,8 +36,7 @@ from bench_get import CONNECTION_LIMIT, _workers, fetch_ids, measure, ours, raw
 from yarl import URL
 
 import evenergy_async as ev
-from evenergy_async import LimiterStats
-from evenergy_async.resources import _base
+from evenergy_async import LimiterStats, _convert
 
 
 class NoLimiter:
@@ -93,12 +92,12 @@ async def ours_no_limiter(server: ServerInfo, ids: list[str], concurrency: int) 
 
 @contextlib.contextmanager
 def dict_decode() -> Iterator[None]:
-    original = _base.decode
-    _base.decode = lambda body, cls, client: (msgspec.json.decode(body), [])  # type: ignore[assignment]
+    original = _convert.Codec.decode
+    _convert.Codec.decode = lambda self, body, cls: (msgspec.json.decode(body), [])  # type: ignore[method-assign]
     try:
         yield
     finally:
-        _base.decode = original
+        _convert.Codec.decode = original  # type: ignore[method-assign]
 
 
 async def ours_no_decode(server: ServerInfo, ids: list[str], concurrency: int) -> int:
