@@ -10,10 +10,10 @@ reprs carry the request's headers, and so the token).
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Protocol
 
 import aiohttp
-from multidict import CIMultiDictProxy
 
 from ._policy import Request, Response, SendError
 from .errors import ClientClosed, InvalidResponse
@@ -64,11 +64,12 @@ class AiohttpTransport:
                 request.url,
                 data=request.body,
                 headers=request.headers,
-                timeout=aiohttp.ClientTimeout(total=request.timeout),
+                timeout=_timeout(request.timeout),
                 allow_redirects=False,
             ) as resp:
                 body = await _read(resp, request.max_bytes)
-                return Response(resp.status, CIMultiDictProxy(resp.headers.copy()), body, resp.url)
+                # The parser's own read-only headers: nothing changes them once they arrived.
+                return Response(resp.status, resp.headers, body, resp.url)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
             # ValueError: aiohttp or yarl refusing a header or URL before anything was sent.
             # A connection that was never made carried nothing, whatever the method.
@@ -82,10 +83,12 @@ class AiohttpTransport:
 async def _read(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     """The body, decompressed, refused as soon as it grows past `limit` bytes."""
     declared = resp.content_length
-    if declared is not None and declared > limit and not resp.headers.get("Content-Encoding"):
-        raise InvalidResponse(
-            f"response body of {declared} bytes is over max_response_bytes={limit}"
-        )
+    if declared is not None and not resp.headers.get("Content-Encoding"):
+        if declared > limit:
+            raise InvalidResponse(
+                f"response body of {declared} bytes is over max_response_bytes={limit}"
+            )
+        return await resp.read()  # no more than the declared length is read
     chunks: list[bytes] = []
     size = 0
     # iter_any hands over what arrived (decompressed in bounded steps by aiohttp), so the
@@ -106,6 +109,11 @@ def _redact(message: str, authorization: str | None) -> str:
         credentials = authorization.partition(" ")[2] or authorization
         message = message.replace(credentials, "***")
     return message
+
+
+@functools.lru_cache(maxsize=8)
+def _timeout(total: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=total)
 
 
 def _timed_out(exc: BaseException) -> bool:
