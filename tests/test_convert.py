@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import math
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -1161,3 +1162,32 @@ def test_form_fields_empty_and_prefix():
     assert b.form_fields({}) == []
     assert b.form_fields({"a": {}}) == []
     assert b.form_fields({"a": 1}, "p.") == [("p.a", "1")]
+
+
+def test_decoding_leaves_nothing_for_the_garbage_collector():
+    # a codec and its hook are no reference cycle: each get's decode is freed as it ends
+    expanded_site = user_json()
+    expanded_site["default_location"]["evse_site"] = site_json()
+    bodies = [msgspec.json.encode(user_json()), msgspec.json.encode(expanded_site)]
+    codec = _convert.Codec(None)
+    gc.collect()
+    gc.disable()
+    try:
+        for body in bodies:
+            _convert.decode(body, User, None)
+            _convert.decode_list(b"[" + body + b"]", User, None)
+            codec.decode(body, User)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+def test_a_codec_shares_refs_within_a_body_but_not_across_single_decodes():
+    codec = _convert.Codec(None)
+    body = msgspec.json.encode(user_json())
+    first, _ = codec.decode(body, User)
+    second, _ = codec.decode(body, User)
+    assert first.default_location.tariff == second.default_location.tariff
+    assert first.default_location.tariff is not second.default_location.tariff
+    users, _ = codec.decode_list(b"[" + body + b"," + body + b"]", User)
+    assert users[0].default_location.tariff is users[1].default_location.tariff
