@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import payloads
 import pytest
 from aiohttp import web
 
@@ -67,27 +68,7 @@ async def hostile(answer: Handler) -> AsyncIterator[Hostile]:
 
 
 def user(base_url: str) -> dict[str, Any]:
-    return {
-        "id": UID,
-        "url": f"{base_url}/users/{UID}",
-        "email": "frodo@example.com",
-        "full_name": "Frodo Baggins",
-        "joined_at": "2023-06-15T10:00:00Z",
-        "terms_consent_datetime": None,
-        "default_location": {
-            "address_1": "Bag End",
-            "address_2": None,
-            "postal_code": "HB1 1AA",
-            "country_code": "GB",
-            "coordinates": None,
-            "tariff": None,
-            "city": "Hobbiton",
-            "state": None,
-            "evse_site": None,
-        },
-        "vehicles": [],
-        "evses": [],
-    }
+    return payloads.user_json(f"{base_url}/users", "frodo@example.com")
 
 
 def ok(base_url: str, **headers: str) -> web.Response:

@@ -18,6 +18,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import payloads
 import pytest
 from aiohttp import web
 
@@ -28,27 +29,7 @@ UID = "user01HN2NJ9NMRZBXT1H6FT9N7735"
 
 
 def user_json(base: str, email: str = "a@example.com") -> dict[str, object]:
-    return {
-        "id": UID,
-        "url": f"{base}/users/{UID}",
-        "email": email,
-        "full_name": "Frodo Baggins",
-        "joined_at": "2023-06-15T10:00:00Z",
-        "terms_consent_datetime": None,
-        "default_location": {
-            "address_1": "Bag End",
-            "address_2": None,
-            "postal_code": "HB1 1AA",
-            "country_code": "GB",
-            "coordinates": None,
-            "tariff": None,
-            "city": "Hobbiton",
-            "state": None,
-            "evse_site": None,
-        },
-        "vehicles": [],
-        "evses": [],
-    }
+    return payloads.user_json(f"{base}/users", email)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -10,6 +10,7 @@ import traceback
 from typing import Any
 
 import msgspec
+import payloads
 import pytest
 
 import evenergy_async as ev
@@ -27,27 +28,7 @@ SECRET = "tok-SECRET-abc123"
 
 
 def user_json(email: str = "a@example.com") -> dict[str, Any]:
-    return {
-        "id": UID,
-        "url": USER_URL,
-        "email": email,
-        "full_name": "Frodo Baggins",
-        "joined_at": "2023-06-15T10:00:00Z",
-        "terms_consent_datetime": None,
-        "default_location": {
-            "address_1": "Bag End",
-            "address_2": None,
-            "postal_code": "HB1 1AA",
-            "country_code": "GB",
-            "coordinates": None,
-            "tariff": None,
-            "city": "Hobbiton",
-            "state": None,
-            "evse_site": None,
-        },
-        "vehicles": [],
-        "evses": [],
-    }
+    return payloads.user_json(f"{B}/users", email)
 
 
 class Clock:
