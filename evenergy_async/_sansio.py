@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import http
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,32 +89,25 @@ def parse_link_header(value: str) -> list[tuple[str, dict[str, str]]]:
         links.append((target, params))
 
 
+# One link-param from its name on: name, then ``=`` and a quoted-string or a token.  A quote
+# left open makes the quoted alternative fail, so the token one starts with the quote.
+_LINK_PARAM = re.compile(r'([^=;,]*)(?:=[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^;,]*)))?', re.S)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.S)
+
+
 def _link_param(value: str, i: int) -> tuple[str, str, int]:
-    n = len(value)
-    start = i
-    while i < n and value[i] not in "=;,":
-        i += 1
-    name = value[start:i].strip().lower()
-    if i >= n or value[i] != "=":
-        return name, "", i
-    i += 1
-    while i < n and value[i] in _OWS:
-        i += 1
-    if i < n and value[i] == '"':
-        chars: list[str] = []
-        i += 1
-        while i < n and value[i] != '"':
-            if value[i] == "\\" and i + 1 < n:
-                i += 1
-            chars.append(value[i])
-            i += 1
-        if i >= n:
-            raise InvalidResponse(f"malformed Link header: unclosed quoted string: {value!r}")
-        return name, "".join(chars), i + 1
-    start = i
-    while i < n and value[i] not in ";,":
-        i += 1
-    return name, value[start:i].strip(), i
+    # A regular expression, not a loop over characters: this runs for every page of a stream.
+    match = _LINK_PARAM.match(value, i)
+    assert match is not None  # every part of the pattern may be empty
+    name = match[1].strip().lower()
+    quoted, token = match[2], match[3]
+    if quoted is not None:
+        return name, _QUOTED_PAIR.sub(r"\1", quoted) if "\\" in quoted else quoted, match.end()
+    if token is None:
+        return name, "", match.end()
+    if token.startswith('"'):
+        raise InvalidResponse(f"malformed Link header: unclosed quoted string: {value!r}")
+    return name, token.strip(), match.end()
 
 
 def links_by_rel(value: str | None) -> dict[str, str | None]:

@@ -65,6 +65,9 @@ log = logging.getLogger("evenergy_async")
 
 T = TypeVar("T")
 
+# `SessionCounters.by_status` keys, made once rather than per response.
+_STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
+
 # A wait for budget longer than this is logged as a warning.
 SLOW_BUDGET_WAIT = 5.0
 
@@ -419,7 +422,9 @@ class Session:
             raise
         self.counters.bytes_read += len(response.body)
         by_status = self.counters.by_status
-        key = f"{response.status // 100}xx"
+        key = _STATUS_CLASSES.get(response.status // 100)
+        if key is None:  # a status outside 100-599 (aiohttp passes any three digits)
+            key = f"{response.status // 100}xx"
         by_status[key] = by_status.get(key, 0) + 1
         rate = _sansio.rate_limit_from_headers(response.headers, self.wall_clock())
         if rate is not None:

@@ -26,6 +26,17 @@ def same_origin(
     """
     try:
         url = URL(reference) if isinstance(reference, str) else reference
+        if (
+            isinstance(reference, str)
+            and reference.startswith(f"{origin}/")
+            and "#" not in reference
+            and str(url) == reference
+        ):
+            # The common case, a server's absolute link on our own origin (every page of a
+            # stream): its authority is exactly the origin's, so no userinfo and no other host
+            # or port, and yarl writes it back unchanged (no default port, dot segment or
+            # encoding to normalize, so joining it and reading it back would change nothing).
+            return url
         if base is not None:
             url = base.join(url)
         refusal = _refusal(url, origin)

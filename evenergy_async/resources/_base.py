@@ -165,6 +165,8 @@ class Collection:
         ctx = self._ctx
         max_items = params.get("page_size", MAX_PAGE_SIZE)
         first = merge_params(url, params)
+        # The filters every page must carry, worked out once for the whole stream.
+        filters = [(k, v) for k, v in params.items() if k not in _POSITION]
         trail = _Trail()
         trail.follow(first)
         next_url: URL | None = first
@@ -180,7 +182,7 @@ class Collection:
                 following = links.get("next")
                 next_url = None
                 if following is not None:
-                    next_url = _keep_filters(ctx.check_link(following, response.url), params)
+                    next_url = _keep_filters(ctx.check_link(following, response.url), filters)
                     trail.follow(next_url)
                     fetch = ctx.spawn(ctx.request("GET", next_url))
                     await asyncio.sleep(0)  # let it be sent before decoding this page
@@ -257,8 +259,9 @@ def _page_key(url: URL) -> object:
     return (url.raw_path, tuple(sorted(query.items())))
 
 
-def _keep_filters(url: URL, params: Mapping[str, Any]) -> URL:
+def _keep_filters(url: URL, filters: list[tuple[str, Any]]) -> URL:
     """`url` with any of the stream's filters (page size, email, expand, ...) its server left
     out put back, so every page answers the same question as the first."""
-    missing = {k: v for k, v in params.items() if k not in _POSITION and k not in url.query}
+    query = url.query
+    missing = {k: v for k, v in filters if k not in query}
     return url.update_query(query_pairs(missing)) if missing else url
