@@ -129,6 +129,10 @@ def parse_count(value: str | None) -> int | None:
     """A non-negative whole number from a header (``"1000"``, ``"1000.0"``); None if garbage."""
     if value is None:
         return None
+    if len(value) <= 15 and value.isascii() and value.isdigit():
+        # What every response carries, read without a float: at most 15 digits, which a
+        # float holds exactly, so the answer is the one the general path below gives.
+        return int(value)
     try:
         number = float(value.strip())
     except ValueError:
