@@ -32,6 +32,7 @@ from .errors import (
     ServerError,
     TransportError,
     Unauthorized,
+    raise_unchained,
 )
 
 __all__ = ["ClientCredentials", "CredentialsAuth", "StaticToken", "TokenSource"]
@@ -159,8 +160,8 @@ class CredentialsAuth:
             )
         else:
             return self._accept(status, headers, body)
-        # Raised outside the handler, so nothing holding the Basic credentials is its context.
-        raise failure
+        # Outside the handler, with no context: nothing holding the Basic credentials.
+        raise_unchained(failure)
 
     def _accept(self, status: int, headers: Mapping[str, str], body: bytes) -> str:
         payload = _json_object(body)

@@ -56,6 +56,7 @@ from .errors import (
     RateLimited,
     ServerError,
     TransportError,
+    raise_unchained,
 )
 from .models import RateLimit
 
@@ -300,7 +301,7 @@ class Session:
             if owner:
                 self._calls.discard(task)
                 self._closing.discard(task)
-        raise error  # outside the handler: no CancelledError as its context
+        raise_unchained(error)  # no CancelledError as its context
 
     async def _drive(
         self,

@@ -16,7 +16,7 @@ from typing import Protocol
 import aiohttp
 
 from ._policy import Request, Response, SendError
-from .errors import ClientClosed, InvalidResponse
+from .errors import ClientClosed, InvalidResponse, raise_unchained
 
 __all__ = ["AiohttpTransport", "Transport"]
 
@@ -76,8 +76,8 @@ class AiohttpTransport:
             sent = sent and not isinstance(exc, aiohttp.ClientConnectorError | ValueError)
             message = _redact(describe(exc), request.headers.get("Authorization"))
             failure = SendError(message, sent=sent, timed_out=_timed_out(exc))
-        # Raised outside the handler, so the aiohttp error is not kept as its __context__.
-        raise failure
+        # Outside the handler, with no context: the aiohttp error is not kept on it.
+        raise_unchained(failure)
 
 
 async def _read(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -105,8 +105,8 @@ async def _read(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 def _redact(message: str, authorization: str | None) -> str:
     """`message` without the credentials a hostile server may have echoed into it (an
     error quoting the server's header line quotes whatever the server put there)."""
-    if authorization:
-        credentials = authorization.partition(" ")[2] or authorization
+    credentials = (authorization or "").partition(" ")[2]
+    if len(credentials) >= 8:  # a shorter one is no secret, and would blank common words
         message = message.replace(credentials, "***")
     return message
 

@@ -30,6 +30,7 @@ A list stream that fails for good sets `resume_cursor` on the error it raises: p
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NoReturn
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -182,3 +183,17 @@ def status_error(status: int) -> type[APIError]:
     if status >= 500:
         return ServerError
     return _BY_STATUS.get(status, APIError)
+
+
+def raise_unchained(error: BaseException) -> NoReturn:
+    """Raise `error` with no exception as its context.
+
+    Raising outside the ``except`` block is not enough: on Python 3.10 an exception handled
+    inside an awaited coroutine (aiohttp's OSError under its ClientConnectorError) can still be
+    the current one, and become the context of the next raise.  A context may hold what must
+    not leave the library: an aiohttp error's repr shows the request's headers, the token.
+    """
+    try:
+        raise error
+    finally:
+        error.__context__ = None
