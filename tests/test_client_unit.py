@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 import pytest
+from virtual_time import virtual
 
 import evenergy_async as ev
 from evenergy_async._policy import Request
@@ -899,6 +900,7 @@ async def test_lost_create_response_looks_up_by_email(mocked, client):
     assert len(calls(mocked, "POST")) == 1  # never sent twice blindly
 
 
+@virtual  # the limiter pauses at least 1 s after a 429: on virtual time
 async def test_429_then_success_not_counted_in_max_retries(mocked):
     url = f"{B}/users/{UID}"
     mocked.get(url, status=429, headers={"Retry-After": "0.05"}, content_type=PROBLEM)
@@ -918,6 +920,7 @@ async def test_429_then_success_not_counted_in_max_retries(mocked):
     assert sleeps(c) == []  # the limiter waited, the session slept no backoff
 
 
+@virtual  # the limiter pauses at least 1 s after a 429: on virtual time
 async def test_429_with_rate_headers_waits_retry_after_not_window(mocked):
     url = f"{B}/users/{UID}"
     throttled = {"Retry-After": "0.05", "X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "0"}

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 import evenergy_async as ev
+from evenergy_async import _ratelimit
 
 UID = "user01HN2NJ9NMRZBXT1H6FT9N7735"
 T = TypeVar("T")
@@ -94,17 +95,21 @@ def client(server: Hostile, **kw: Any) -> ev.Client:
 
 
 @pytest.mark.parametrize("retry_after", ["0", "-5", "Thu, 01 Jan 1970 00:00:00 GMT", "soon"])
-async def test_fifty_tasks_against_429_retry_after_now_send_a_handful(retry_after: str) -> None:
+async def test_fifty_tasks_against_429_retry_after_now_send_a_handful(
+    retry_after: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def answer(n: int, base: str) -> web.Response:
         return too_many(retry_after)
 
-    async with hostile(answer) as server, client(server, max_rate_limit_wait=1.5) as api:
+    # the pause floor scaled down tenfold (1 s in the library), and the bound with it
+    monkeypatch.setattr(_ratelimit, "PAUSE_MIN", 0.1)
+    async with hostile(answer) as server, client(server, max_rate_limit_wait=0.15) as api:
         results = await within(
             60, asyncio.gather(*(api.users.get(UID) for _ in range(50)), return_exceptions=True)
         )
     assert all(isinstance(r, ev.RateLimited) for r in results), results
-    # one probe at a time, a pause of 1 s, then a 2 s pause is over the bound: 50 tasks
-    # sent 2 requests (2500 in 2.4 s before this was fixed)
+    # one probe at a time, a pause of PAUSE_MIN, then a pause of twice that is over the bound:
+    # 50 tasks sent 2 requests (2500 in 2.4 s before this was fixed)
     assert server.requests <= 6
 
 
@@ -129,8 +134,8 @@ async def test_an_absurd_retry_after_pauses_at_most_a_window(retry_after: str) -
     async def answer(n: int, base: str) -> web.Response:
         return too_many(retry_after) if n == 0 else ok(base)
 
-    # no bound on the wait: only the limiter's own cap (one window, 0.5 s here) ends the pause
-    async with hostile(answer) as server, client(server, rate_limit_window=0.5) as api:
+    # no bound on the wait: only the limiter's own cap (one window, 0.1 s here) ends the pause
+    async with hostile(answer) as server, client(server, rate_limit_window=0.1) as api:
         assert (await within(30, api.users.get(UID))).id == UID
         assert api.limiter.stats.throttled == 1
     assert server.requests == 2

@@ -12,11 +12,12 @@ on timers and futures: real I/O would see the clock jump while a socket is still
 from __future__ import annotations
 
 import asyncio
+import inspect
 import selectors
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["VirtualTimeLoop", "run_virtual"]
+__all__ = ["VirtualTimeLoop", "run_virtual", "virtual"]
 
 T = TypeVar("T")
 
@@ -59,3 +60,15 @@ def run_virtual(main: Coroutine[Any, Any, T], timeout: float = 1e7) -> T:
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+def virtual(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on a `VirtualTimeLoop` instead of pytest-asyncio's loop: for tests of
+    code that waits on timers only (an in-memory transport, no sockets)."""
+
+    def test(*args: Any, **kwargs: Any) -> None:
+        run_virtual(fn(*args, **kwargs))
+
+    test.__name__, test.__doc__ = fn.__name__, fn.__doc__
+    test.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
+    return test
