@@ -520,25 +520,37 @@ def _next_budget_in(client: Client) -> float | None:
     return rate.retry_after if rate is not None else None
 
 
+def _wait_report_after(env: Mapping[str, str]) -> float:
+    """Tuning knob: ``EVENERGY_WAIT_REPORT_AFTER`` (seconds, default 5) is how long a wait for
+    rate-limit budget lasts before it is told on stderr; the tests lower it so as not to sit
+    through five real seconds.  Anything but a positive finite number means the default."""
+    try:
+        after = float(env.get("EVENERGY_WAIT_REPORT_AFTER", ""))
+    except ValueError:
+        return 5.0
+    return after if math.isfinite(after) and after > 0 else 5.0
+
+
 class _WaitReporter:
     """Without a terminal there is no progress line: a wait for rate-limit budget longer than
     `after` seconds is told on stderr instead, once per wait."""
 
-    def __init__(self, stream: IO[str], client: Client, after: float = 5.0) -> None:
+    def __init__(self, stream: IO[str], client: Client, after: float | None = None) -> None:
         self._stream = stream
         self._client = client
-        self._after = after
+        self._after = _wait_report_after(os.environ) if after is None else after
 
     async def run(self) -> None:
+        tick = min(1.0, self._after)  # checked once a second, or oftener for a short threshold
         waited = 0.0
         told = False
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(tick)
             rate = self._client.rate_limit
             if rate is None or rate.remaining != 0:
                 waited, told = 0.0, False
                 continue
-            waited += 1.0
+            waited += tick
             if waited >= self._after and not told:
                 told = True
                 wait = _next_budget_in(self._client)

@@ -306,6 +306,13 @@ def test_progress_line_tells_when_the_next_budget_frees() -> None:
     assert "waiting for budget, next in 30s" in asyncio.run(line())
 
 
+def test_wait_report_threshold_is_a_positive_number_of_seconds_or_five() -> None:
+    assert cli._wait_report_after({}) == 5.0
+    assert cli._wait_report_after({"EVENERGY_WAIT_REPORT_AFTER": "0.2"}) == 0.2
+    for bad in ("", "soon", "0", "-1", "nan", "inf"):
+        assert cli._wait_report_after({"EVENERGY_WAIT_REPORT_AFTER": bad}) == 5.0, bad
+
+
 def test_library_warnings_are_shown_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     import logging
 
@@ -859,7 +866,7 @@ def test_export_terminated_tells_where_to_resume_and_resumes(tmp_path: Path) -> 
     target = tmp_path / "users.jsonl"
     fake = ["--fake", "--fake-users", "300", "--fake-rate-limit", "5"]
     options = ["--page-size", "10", "-o", str(target)]
-    env = _env()
+    env = _env(EVENERGY_WAIT_REPORT_AFTER="0.2")  # told after 0.2 s, not the default 5 s
     env["PYTHONPATH"] = PACKAGE_ROOT
     with subprocess.Popen(
         [sys.executable, "-m", "evenergy_async", "users", "export", *fake, *options],
@@ -869,7 +876,7 @@ def test_export_terminated_tells_where_to_resume_and_resumes(tmp_path: Path) -> 
     ) as proc:
         assert proc.stderr is not None
         # Five pages, then the budget is spent for the fake's hour: without a terminal the
-        # wait is told on stderr after a few seconds.
+        # wait is told on stderr (after EVENERGY_WAIT_REPORT_AFTER seconds).
         told = proc.stderr.readline().decode()
         assert told.startswith(
             "evenergy: waiting for rate-limit budget; the next request may go in"
