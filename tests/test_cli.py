@@ -905,6 +905,14 @@ def test_retries_against_an_unreachable_host_are_told_while_they_happen(
         port = probe.getsockname()[1]  # closed once the with ends: nothing listens there
     options = {"base_url": f"http://127.0.0.1:{port}/v2", "token": "t", "max_retries": 2}
     monkeypatch.setattr(cli, "_client_options", lambda env: options)
+
+    class FastRetries(ev.Client):  # backoffs of milliseconds: the retries are what is told
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._session.backoff_base = 0.002
+            self._session.backoff_cap = 0.02
+
+    monkeypatch.setattr(cli, "Client", FastRetries)
     assert main(["users", "get", "me"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert [line.startswith("evenergy: warning: GET /v2/users/me: retry") for line in err] == [

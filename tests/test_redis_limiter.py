@@ -479,7 +479,7 @@ async def test_two_workers_share_one_budget_and_never_exceed_it(limiters: Factor
     # Real time (Redis TIME) against a server counting by the same rule: counts only.
     server = SlidingLog(limit=10, window=0.5)
     workers = [limiters(window=0.5, clock=None, poll_interval=5.0) for _ in range(2)]
-    stop = time.monotonic() + 1.6
+    stop = time.monotonic() + 1.1  # two rollovers of the window
     rng = random.Random(7)
 
     async def task(limiter: RedisRateLimiter) -> None:
@@ -814,10 +814,11 @@ async def run_fleet(
 
 async def test_clients_of_a_fleet_spend_one_budget_without_429(limiters: Factory) -> None:
     async with fake_api(rate_limit=20, rate_window=1.0) as fake:
-        done, errors = await run_fleet(fake, limiters, workers=2, tasks=6, seconds=2.2, window=1.0)
+        # a run over one rollover of the window: the budget spent and given back once
+        done, errors = await run_fleet(fake, limiters, workers=2, tasks=6, seconds=1.3, window=1.0)
         assert errors == []
         assert fake.stats.rate_limited == 0  # type: ignore[attr-defined]
-        assert done >= 20  # the first window's budget, however slow the machine (60 fit)
+        assert done >= 20  # the first window's budget, however slow the machine
 
 
 async def test_one_429_pauses_the_whole_fleet(limiters: Factory) -> None:
@@ -838,7 +839,7 @@ async def test_an_outside_consumer_mid_run_fails_no_call(limiters: Factory) -> N
             fake.consume(8)  # type: ignore[attr-defined]
 
         spend = asyncio.create_task(outsider())
-        done, errors = await run_fleet(fake, limiters, workers=2, tasks=4, seconds=2.2, window=1.0)
+        done, errors = await run_fleet(fake, limiters, workers=2, tasks=4, seconds=1.3, window=1.0)
         await spend
         assert errors == []
         assert fake.stats.rate_limited <= 8  # type: ignore[attr-defined]
