@@ -171,7 +171,7 @@ async def test_callers_behind_a_probe_that_times_out_fail_with_it() -> None:
     async def answer(n: int, base: str) -> web.StreamResponse:
         return await server.hang()
 
-    async with hostile(answer) as server, client(server, timeout=0.5, max_retries=0) as api:
+    async with hostile(answer) as server, client(server, timeout=0.25, max_retries=0) as api:
         results = await within(
             30, asyncio.gather(*(api.users.get(UID) for _ in range(10)), return_exceptions=True)
         )
@@ -187,7 +187,7 @@ async def test_with_a_deadline_the_limiters_own_errors_pass_as_they_are() -> Non
 
     async with (
         hostile(answer) as server,
-        client(server, timeout=0.5, max_retries=0, deadline=30.0) as api,
+        client(server, timeout=0.25, max_retries=0, deadline=30.0) as api,
     ):
         results = await within(
             30, asyncio.gather(*(api.users.get(UID) for _ in range(4)), return_exceptions=True)
