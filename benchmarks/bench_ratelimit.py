@@ -103,7 +103,7 @@ async def faults() -> dict[str, object]:
         fake.faults.cut_after_commit_rate = 0.05
         failed = 0
         async with ev.Client(token=fake.token, base_url=fake.base_url, max_retries=8) as c:
-            c._session.backoff_base = 0.01
+            c._session.tune(backoff_base=0.01)
             emails = [f"bench{i:03d}@example.com" for i in range(120)]
             created = await asyncio.gather(
                 *(c.users.create(email=e) for e in emails), return_exceptions=True

@@ -153,30 +153,13 @@ class Session:
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.jitter: Callable[[], float] = random.random
 
-    # Tuning kept as plain attributes for tests that shorten backoffs.
+    def tune(self, **changes: Any) -> None:
+        """Replace fields of the retry policy (`Policy`): tests shorten backoffs this way."""
+        self.policy = attrs.evolve(self.policy, **changes)
+
     @property
     def max_retries(self) -> int:
         return self.policy.max_retries
-
-    @max_retries.setter
-    def max_retries(self, value: int) -> None:
-        self.policy = attrs.evolve(self.policy, max_retries=value)
-
-    @property
-    def backoff_base(self) -> float:
-        return self.policy.backoff_base
-
-    @backoff_base.setter
-    def backoff_base(self, value: float) -> None:
-        self.policy = attrs.evolve(self.policy, backoff_base=value)
-
-    @property
-    def backoff_cap(self) -> float:
-        return self.policy.backoff_cap
-
-    @backoff_cap.setter
-    def backoff_cap(self, value: float) -> None:
-        self.policy = attrs.evolve(self.policy, backoff_cap=value)
 
     @property
     def max_rate_limit_wait(self) -> float | None:

@@ -909,8 +909,7 @@ def test_retries_against_an_unreachable_host_are_told_while_they_happen(
     class FastRetries(ev.Client):  # backoffs of milliseconds: the retries are what is told
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self._session.backoff_base = 0.002
-            self._session.backoff_cap = 0.02
+            self._session.tune(backoff_base=0.002, backoff_cap=0.02)
 
     monkeypatch.setattr(cli, "Client", FastRetries)
     assert main(["users", "get", "me"]) == 1

@@ -875,7 +875,7 @@ async def test_max_retries_zero(mocked):
 async def test_connection_error_retried_then_transport_error(mocked):
     # nothing registered: aioresponses refuses the connection
     async with make_client(mocked, SECRET_TOKEN, max_retries=2) as c:
-        c._session.backoff_base = 0.001
+        c._session.tune(backoff_base=0.001)
         with pytest.raises(ev.TransportError) as info:
             await c.users.get(UID)
     assert len(calls(mocked)) == 3
@@ -884,7 +884,7 @@ async def test_connection_error_retried_then_transport_error(mocked):
 
 async def test_timeout_is_transport_error(mocked, client):
     mocked.get(f"{B}/users/{UID}", timeout=True, repeat=True)
-    client._session.max_retries = 1
+    client._session.tune(max_retries=1)
     with pytest.raises(ev.TransportError):
         await client.users.get(UID)
     assert len(calls(mocked)) == 2

@@ -12,8 +12,7 @@ from evenergy_async.testing import FakeEvEnergy
 
 
 def fast_retries(client: ev.Client) -> ev.Client:
-    client._session.backoff_base = 0.002
-    client._session.backoff_cap = 0.02
+    client._session.tune(backoff_base=0.002, backoff_cap=0.02)
     return client
 
 
