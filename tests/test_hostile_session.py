@@ -14,13 +14,13 @@ import json
 import os
 import subprocess
 import sys
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import payloads
 import pytest
 from aiohttp import web
+from leaks import assert_no_secret
 
 import evenergy_async as ev
 
@@ -76,29 +76,8 @@ async def serve_raw(answer: bytes) -> AsyncIterator[str]:
 
 
 def fast(client: ev.Client) -> ev.Client:
-    client._session.backoff_base = 0.001
-    client._session.backoff_cap = 0.01
+    client._session.tune(backoff_base=0.001, backoff_cap=0.01)
     return client
-
-
-def chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or any(e is s for s in seen):
-            continue
-        seen.append(e)
-        todo += [e.__cause__, e.__context__]
-    return seen
-
-
-def assert_no_secret(exc: BaseException, *secrets: str) -> None:
-    texts = ["".join(traceback.format_exception(type(exc), exc, exc.__traceback__))]
-    for e in chain(exc):
-        texts += [repr(e), str(e), repr(getattr(e, "__dict__", ""))]
-    for secret in secrets:
-        assert not [t for t in texts if secret in t], f"{secret!r} leaked"
 
 
 # --- row 2: a response-size cap -----------------------------------------------------------------

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import traceback
 from typing import Any
 
 import msgspec
 import payloads
 import pytest
+from leaks import assert_no_secret
 
 import evenergy_async as ev
 from evenergy_async._policy import Request, SendError
@@ -393,25 +393,6 @@ async def test_stats_count_resolve_cache_hits_and_misses():
 # --- secrets ------------------------------------------------------------------------------------
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or any(e is s for s in seen):
-            continue
-        seen.append(e)
-        todo += [e.__cause__, e.__context__]
-    return seen
-
-
-def secret_free(exc: BaseException, *secrets: str) -> bool:
-    texts = ["".join(traceback.format_exception(type(exc), exc, exc.__traceback__))]
-    for e in _chain(exc):
-        texts += [repr(e), str(e), repr(vars(e)) if hasattr(e, "__dict__") else ""]
-    return not any(s in t for s in secrets for t in texts)
-
-
 async def test_token_endpoint_failure_keeps_no_secret_in_its_chain():
     transport = MockTransport()
     transport.post(TOKEN_URL, exception=SendError("reset", sent=True), repeat=True)
@@ -420,7 +401,7 @@ async def test_token_endpoint_failure_keeps_no_secret_in_its_chain():
         with pytest.raises(ev.TransportError) as info:
             await c.users.get(UID)
     basic = base64.b64encode(b"my-client:TOP-SECRET-42").decode()
-    assert secret_free(info.value, "TOP-SECRET-42", basic)
+    assert_no_secret(info.value, "TOP-SECRET-42", basic)
 
 
 async def test_a_long_wait_for_budget_is_a_warning(caplog):
