@@ -23,14 +23,14 @@ import re
 import weakref
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
-from typing import Any, TypeVar, get_args
+from typing import Any, TypeVar
 
 import attrs
 import msgspec
 
 from .errors import InvalidRequest, InvalidResponse
 from .models import UNSET, Location, Price, Prices
-from .refs import _MISSING, Ref, Resolver
+from .refs import _MISSING, Ref, Resolver, ref_to
 
 T = TypeVar("T")
 
@@ -41,9 +41,8 @@ __all__ = ["Codec", "convert", "decode", "decode_list", "to_api", "to_wire"]
 _MAX_SHARED_REFS = 1024
 
 _PRICES = tuple[Price, ...]
-# The type msgspec hands the hook for `User.vehicles` items (typing caches `Ref[Any]`, so it
-# is this very object; were it not, such Refs would merely be shared like the others).
-_REF_ANY = Ref[Any]
+# The class of `User.vehicles` and `evses` items.
+_REF_ANY = ref_to(Any)
 _DECODE_ERRORS = (
     msgspec.ValidationError,
     msgspec.DecodeError,
@@ -71,18 +70,19 @@ class Codec:
         expanded_ref = weakref.WeakMethod(self._expanded_ref)
         ref_any = _REF_ANY
 
-        # Called for every relation of every user (about twice per user): a closure over
-        # locals, as cheap as a Python call gets.  The models' only custom types are `Ref[X]`
-        # and `Prices`, so a string is always a URL.
+        # Called for every relation of every user (about 2.6 times per user): a closure over
+        # locals, as cheap as a Python call gets.  The models' only custom types are the Ref
+        # classes of `ref_to` and `Prices`, so a string is always a URL, and `tp` (but for
+        # Prices, which takes a plain Ref) the class of the Ref it makes.
         def hook(tp: Any, obj: Any) -> Any:
             if type(obj) is str:
                 if tp is ref_any:  # vehicles, evses: a URL of each user's own, nothing to share
-                    return Ref(obj, _MISSING, resolver)
+                    return ref_any(obj, _MISSING, resolver)
                 ref = shared.get(obj)
-                if ref is None:
+                if ref is None or ref.__class__ is not tp:
                     if len(shared) >= _MAX_SHARED_REFS:
                         shared.clear()
-                    ref = shared[obj] = Ref(obj, _MISSING, resolver)
+                    ref = shared[obj] = (Ref if tp is Prices else tp)(obj, _MISSING, resolver)
                 return ref
             expanded = expanded_ref()
             assert expanded is not None  # a decoder runs only while its codec is in use
@@ -127,13 +127,13 @@ class Codec:
             if type(obj) is list:
                 return self._convert(obj, _PRICES)
             raise TypeError(f"Expected a URL or an array of prices, got `{_json_type(obj)}`")
-        target = get_args(tp)[0] if get_args(tp) else Any
+        target = getattr(tp, "target", Any)
         if type(obj) is not dict or target is Any:
             raise TypeError(f"Expected a URL, got `{_json_type(obj)}`")
         url = obj.get("url")
         if type(url) is not str:
             raise TypeError("Expected an expanded object with a `url`")
-        ref: Ref[Any] = Ref(url, self._convert(obj, target), self._resolver)
+        ref: Ref[Any] = tp(url, self._convert(obj, target), self._resolver)
         self._expanded.append(ref)
         return ref
 

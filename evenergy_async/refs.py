@@ -7,6 +7,7 @@ cache.  An expanded relation (``expand=``) arrives already resolved.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Generator
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -14,7 +15,7 @@ from .errors import EvEnergyError
 
 T = TypeVar("T")
 
-__all__ = ["Ref", "Resolver"]
+__all__ = ["Ref", "Resolver", "ref_to"]
 
 
 class Resolver(Protocol):
@@ -84,3 +85,25 @@ class Ref(Generic[T]):
     def __repr__(self) -> str:
         state = "resolved" if self.resolved else "unresolved"
         return f"Ref({self.url!r}, {state})"
+
+    def __reduce__(self) -> tuple[type[Ref[Any]], tuple[Any, ...]]:
+        """Pickled as a plain Ref, resolved or not, without the client it resolves through."""
+        return Ref, (self.url,) if self._value is _MISSING else (self.url, self._value)
+
+    def __copy__(self) -> Ref[T]:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Ref[T]:
+        return self  # a copy resolves through the same client into the same cache
+
+
+@functools.cache
+def ref_to(target: Any) -> type[Ref[Any]]:
+    """The class of the Refs the decoder makes for a relation to `target` (a model, or Any):
+    a `Ref` whose class says what it leads to.
+
+    A plain class rather than ``Ref[target]`` (a typing alias) because msgspec checks what
+    its hook returned against the field's type on every relation it decodes, and that check
+    costs least against a class.  To a type checker the field is ``Ref[target]``."""
+    name = f"Ref[{getattr(target, '__name__', repr(target))}]"
+    return type(name, (Ref,), {"__slots__": (), "target": target, "__module__": __name__})

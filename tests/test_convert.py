@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import gc
 import math
@@ -1191,3 +1192,70 @@ def test_a_codec_shares_refs_within_a_body_but_not_across_single_decodes():
     assert first.default_location.tariff is not second.default_location.tariff
     users, _ = codec.decode_list(b"[" + body + b"," + body + b"]", User)
     assert users[0].default_location.tariff is users[1].default_location.tariff
+
+
+# --- the classes of decoded Refs, the absent-field preset, pickling ---------------------------
+
+
+def test_a_decoded_relation_is_a_ref_whose_class_names_its_target():
+    user, _ = decode(user_json(evses=[f"{API}/evses/e1"]), User, None)
+    tariff = user.default_location.tariff
+    assert isinstance(tariff, Ref) and type(tariff).target is Tariff  # type: ignore[attr-defined]
+    assert type(tariff).__name__ == "Ref[Tariff]" and repr(tariff).startswith("Ref(")
+    assert all(isinstance(ref, Ref) for ref in (*user.vehicles, *user.evses))
+    # Equal to, and hashed like, a plain Ref of the same URL.
+    plain = Ref(tariff.url)
+    assert tariff == plain and plain == tariff and hash(tariff) == hash(plain)
+    assert {tariff: 1}[plain] == 1
+
+
+def test_an_expanded_relation_is_resolved_and_of_its_fields_class():
+    tariff = tariff_json(supplier=supplier_json())
+    user, expanded = decode(_loc(tariff=tariff), User, None)
+    ref = user.default_location.tariff
+    assert type(ref).target is Tariff and ref.resolved  # type: ignore[attr-defined]
+    assert type(ref.value.supplier).target is Supplier and ref.value.supplier.resolved
+    assert {r.url for r in expanded} == {ref.url, ref.value.supplier.url}
+
+
+def test_one_url_in_two_kinds_of_relation_gives_each_field_its_own_class():
+    """A server naming one URL as a tariff and as a supplier: each field keeps its type."""
+    same = f"{API}/tariffs/{TID}"
+    tariff, _ = decode(tariff_json(supplier=same, scheduler_tariff=same), Tariff, None)
+    assert type(tariff.supplier).target is Supplier  # type: ignore[attr-defined]
+    assert type(tariff.scheduler_tariff).target is Tariff  # type: ignore[attr-defined]
+
+
+def test_a_list_without_carbon_intensity_leaves_it_unset_and_a_single_user_has_it():
+    users, _ = decode_list([user_json(), user_json()], User, None)
+    assert all(
+        u.default_location.current_carbon_intensity_grams_per_kilowatt_hour is UNSET for u in users
+    )
+    detail = _loc(current_carbon_intensity_grams_per_kilowatt_hour=212)
+    user, _ = decode(detail, User, None)
+    assert user.default_location.current_carbon_intensity_grams_per_kilowatt_hour == 212
+    # The preset is the decoder's alone: a location built by hand keeps what it was given.
+    given = Location(city="Bree", current_carbon_intensity_grams_per_kilowatt_hour=7)
+    assert given.current_carbon_intensity_grams_per_kilowatt_hour == 7
+    assert Location().current_carbon_intensity_grams_per_kilowatt_hour is UNSET
+
+
+def test_a_ref_pickles_as_a_plain_ref_without_its_client():
+    import pickle
+
+    class Resolver:
+        async def resolve(self, ref: Any) -> Any:
+            raise AssertionError("not called")
+
+    user, _ = decode(user_json(), User, Resolver())
+    ref = user.default_location.tariff
+    copied = pickle.loads(pickle.dumps(ref))
+    assert type(copied) is Ref and copied == ref and not copied.resolved
+    with pytest.raises(EvEnergyError, match="not decoded by a client"):
+        asyncio.run(copied.resolve())
+    resolved = pickle.loads(pickle.dumps(Ref("u", 5)))
+    assert resolved.resolved and resolved.value == 5
+    # A copy resolves through the same client into the same cache: it is the Ref itself.
+    assert copy.copy(ref) is ref and copy.deepcopy(ref) is ref
+    plain_user, _ = decode(user_json(), User, None)
+    assert pickle.loads(pickle.dumps(plain_user)) == plain_user
