@@ -2,8 +2,9 @@
 (pages of ``GET /users`` fetched once from the fake) into its objects.
 
 - orjson.loads:                 bytes to dicts only (the floor)
-- evenergy_async decode_list:   ``_convert.decode_list(bytes, User, None)``: msgspec, in C,
-                                into the frozen attrs models, Refs built by a hook
+- evenergy_async decode_list:   ``Codec.decode_list(bytes, User)``, one codec for all pages as
+                                a stream has: msgspec, in C, into the frozen attrs models, Refs
+                                built by a hook
 - msgspec Structs:              ``msgspec.json.Decoder(list[User]).decode(bytes)`` into
                                 Structs of the same shape, relations as strings (the ceiling)
 - pydantic validate_json:       ``TypeAdapter(list[User]).validate_json(bytes)``
@@ -34,7 +35,7 @@ from _peers import headers, ms_users, next_link, pyd_users
 from _server import fake_server
 
 from evenergy_async import UnsetType, User
-from evenergy_async._convert import decode_list
+from evenergy_async._convert import Codec
 from evenergy_async.refs import Ref
 
 
@@ -90,10 +91,11 @@ def main() -> None:
     cattrs_default = default_cattrs()
     cattrs_fast = default_cattrs(detailed_validation=False)
     list_of_users = list[User]
+    codec = Codec(None)  # one per stream, as `users.list()` has
 
     decoders: dict[str, Callable[[bytes], Any]] = {
         "orjson.loads (floor)": loads,
-        "evenergy_async decode_list": lambda b: decode_list(b, User, None)[0],
+        "evenergy_async decode_list": lambda b: codec.decode_list(b, User)[0],
         "msgspec Structs (ceiling)": ms_users.decode,
         "pydantic validate_json": validate_json,
         "pydantic orjson + validate_python": lambda b: validate_python(loads(b)),

@@ -30,13 +30,16 @@ import timeit
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import attrs
 import orjson
 from _harness import print_table, run_rounds_multi
 from _server import ServerInfo, fake_server
 from bench_decode import fetch_bodies
 from bench_stream import floor, ours
+from msgspec import UNSET, UnsetType
 
 from evenergy_async import User, _convert
+from evenergy_async.models import AwareDatetime, CountryCode, LatLong
 
 
 class GCClock:
@@ -117,23 +120,68 @@ def per_user(stream: Any, server: ServerInfo, users: int, page_size: int, gc_on:
     return measure
 
 
+@attrs.frozen(kw_only=True)
+class PlainLocation:
+    """`Location` with its relations as plain strings (the same fields and checks otherwise)."""
+
+    address_1: str | UnsetType | None = UNSET
+    address_2: str | UnsetType | None = UNSET
+    postal_code: str | UnsetType | None = UNSET
+    country_code: CountryCode | UnsetType | None = UNSET
+    coordinates: LatLong | UnsetType | None = UNSET
+    tariff: str | UnsetType | None = UNSET
+    city: str | UnsetType | None = UNSET
+    state: str | UnsetType | None = UNSET
+    evse_site: str | UnsetType | None = UNSET
+    current_carbon_intensity_grams_per_kilowatt_hour: int | UnsetType | None = UNSET
+
+
+@attrs.frozen(kw_only=True)
+class PlainUser:
+    """`User` with its relations as plain strings: what decoding into attrs costs before any
+    Ref is made."""
+
+    id: str
+    url: str
+    email: str | UnsetType = UNSET
+    full_name: str | UnsetType = UNSET
+    joined_at: AwareDatetime | UnsetType = UNSET
+    terms_consent_datetime: AwareDatetime | UnsetType | None = UNSET
+    default_location: PlainLocation | UnsetType = UNSET
+    vehicles: tuple[str, ...] = ()
+    evses: tuple[str, ...] = ()
+
+
 def decode_breakdown(bodies: list[bytes], repeat: int) -> None:
     """µs per user of decoding a page, and of what it is made of."""
     import msgspec
     from _peers import ms_users
 
     from evenergy_async import _convert as c
+    from evenergy_async.models import Prices
     from evenergy_async.refs import _MISSING, Ref
 
     n = sum(len(orjson.loads(b)) for b in bodies)
     codec = c.Codec(None)
-    const: Ref[Any] = Ref("https://x/v2/tariffs/t")
-    constant_refs = msgspec.json.Decoder(list[User], dec_hook=lambda tp, obj: const)
-    new_refs = msgspec.json.Decoder(list[User], dec_hook=lambda tp, obj: Ref(obj, _MISSING, None))
+    plain = msgspec.json.Decoder(list[PlainUser])
+    # The decoder checks a Ref is of its field's class (`ref_to`); Prices takes a plain one.
+    constants: dict[Any, Ref[Any]] = {}
+
+    def constant(tp: Any, obj: Any) -> Ref[Any]:
+        ref = constants.get(tp)
+        if ref is None:
+            ref = constants[tp] = (Ref if tp is Prices else tp)("https://x/v2/tariffs/t")
+        return ref
+
+    constant_refs = msgspec.json.Decoder(list[User], dec_hook=constant)
+    new_refs = msgspec.json.Decoder(
+        list[User], dec_hook=lambda tp, obj: (Ref if tp is Prices else tp)(obj, _MISSING, None)
+    )
     steps: list[tuple[str, Callable[[], object]]] = [
         ("orjson.loads (whole pages)", lambda: [orjson.loads(b) for b in bodies]),
         ("msgspec.json.decode to dicts", lambda: [msgspec.json.decode(b) for b in bodies]),
         ("msgspec Structs, relations as str", lambda: [ms_users.decode(b) for b in bodies]),
+        ("attrs models, relations as str (no hook)", lambda: [plain.decode(b) for b in bodies]),
         ("attrs models, one constant Ref", lambda: [constant_refs.decode(b) for b in bodies]),
         ("attrs models, a new Ref per relation", lambda: [new_refs.decode(b) for b in bodies]),
         (
