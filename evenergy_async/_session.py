@@ -69,8 +69,10 @@ T = TypeVar("T")
 # `SessionCounters.by_status` keys, made once rather than per response.
 _STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
 
-# A wait for budget longer than this is logged as a warning.
+# A wait for budget longer than this is logged as a warning; one shorter than NO_WAIT (the
+# time a granted request takes to pass through the limiter) is no wait, and not logged.
 SLOW_BUDGET_WAIT = 5.0
+NO_WAIT = 0.005
 
 
 @attrs.define
@@ -446,7 +448,7 @@ class Session:
         waited = self.clock() - start
         if waited > SLOW_BUDGET_WAIT:
             log.warning("%s %s: waited %.1f s for budget", call.method, call.path, waited)
-        elif waited > 0:
+        elif waited >= NO_WAIT:
             log.debug("%s %s: waited %.2f s for budget", call.method, call.path, waited)
         return ticket
 
