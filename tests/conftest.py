@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -81,3 +81,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("slow") is not None:
             item.add_marker(skip)
+
+
+_STOP_BACKGROUND = pytest.StashKey[Callable[[], None]]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the type check of tests/test_typing.py as soon as the tests to run are known: it
+    runs on a spare core while the rest of the suite runs, and its tests wait for its report."""
+    if session.config.option.collectonly:
+        return
+    for item in session.items:
+        module = getattr(item, "module", None)
+        if item.get_closest_marker("typecheck") is not None and hasattr(module, "start_mypy"):
+            module.start_mypy()
+            session.config.stash[_STOP_BACKGROUND] = module.stop_mypy
+            return
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    stop = session.config.stash.get(_STOP_BACKGROUND, None)
+    if stop is not None:
+        stop()

@@ -221,7 +221,69 @@ def _patched(path: str, strict: bool) -> tuple[Any, dict[str, Any]]:
         spec_validator_cls=None,  # the published spec is not valid enough to pass; it is patched
         extra_media_type_deserializers={"application/problem+json": json_loads},
     )
-    return OpenAPI.from_dict(patched, config=config), patched
+    app = OpenAPI.from_dict(patched, config=config)
+    _remember_repeated_work(app)
+    return app, patched
+
+
+def _remember_repeated_work(app: Any) -> None:
+    """Have openapi-core remember answers it would otherwise work out again for every exchange.
+
+    Which operation a method and URL name is a walk over every path of the spec, done three
+    times per exchange; whether a response body fits its schema is most of an exchange's cost,
+    and a test run serves the same bodies again and again (the same user, the same page); each
+    header's verdict is most of the rest.  Each answer is a function of the spec and of exactly
+    the input in its key, so remembering it changes no verdict, only how often the work is done.
+    """
+    from openapi_core.exceptions import OpenAPIError
+
+    for validator in (app.request_validator, app.response_validator):
+        finder = validator.path_finder
+        finder.find = functools.lru_cache(maxsize=4096)(finder.find)
+    responses = app.response_validator
+    # _get_data(data, mimetype, operation_response): reads only its arguments.
+    responses._get_data = _remembered(responses._get_data, lambda *args: args, OpenAPIError)
+    # _get_header(headers, name, header): reads only `headers[name]` (if `name in headers`).
+    responses._get_header = _remembered(
+        responses._get_header,
+        lambda headers, name, header: (name, header, headers.get(name, _ABSENT)),
+        OpenAPIError,
+    )
+
+
+_ABSENT = object()
+
+
+def _remembered(function: Any, key_of: Any, errors: type[BaseException], size: int = 4096) -> Any:
+    """`function`, remembering its result or its error (one of `errors`) by `key_of(*args)`."""
+    verdicts: dict[Any, tuple[Any, BaseException | None]] = {}
+
+    def remembered(*args: Any) -> Any:
+        key = key_of(*args)
+        if key not in verdicts:
+            if len(verdicts) >= size:
+                verdicts.clear()
+            try:
+                verdicts[key] = (function(*args), None)
+            except errors as error:
+                verdicts[key] = (None, error)
+        value, error = verdicts[key]
+        if error is not None:
+            raise error.with_traceback(None)
+        return value
+
+    return remembered
+
+
+@functools.cache
+def _finder(app: Any, finder_cls: Any) -> Any:
+    """A path finder of `app` that remembers what it found (see _remember_repeated_work)."""
+    finder = finder_cls(app.spec)
+    finder.find = functools.lru_cache(maxsize=4096)(finder.find)
+    return finder
+
+
+_REQUEST_VERDICTS: dict[tuple[Any, ...], list[str]] = {}
 
 
 # --- form bodies -----------------------------------------------------------------------------
@@ -360,7 +422,15 @@ class SpecValidator:
             report.skipped = "HEAD is not described"
             return report
         request = self._request(method, parts.path, parts.query, request_headers, request_body)
-        self._check_request(request, request_headers, request_body, report)
+        # The same request (a page fetched again, a user read by many tasks) gets the same
+        # verdict: it is a function of exactly these inputs.
+        key = (id(self.app), report.method, parts.path, parts.query,
+               tuple(_items(request_headers)), request_body)  # fmt: skip
+        if key not in _REQUEST_VERDICTS:
+            if len(_REQUEST_VERDICTS) >= 4096:
+                _REQUEST_VERDICTS.clear()
+            _REQUEST_VERDICTS[key] = self._request_errors(request, request_headers, request_body)
+        report.request_errors += _REQUEST_VERDICTS[key]
         if status is not None:
             self._check_response(request, status, response_headers, response_body, report)
         return report
@@ -392,16 +462,14 @@ class SpecValidator:
         request.parameters.header = Headers(list(_items(headers)))
         return request
 
-    def _check_request(
-        self, request: Any, headers: Mapping[str, str], body: bytes, report: Report
-    ) -> None:
+    def _request_errors(self, request: Any, headers: Mapping[str, str], body: bytes) -> list[str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Unsupported scheme type" for oauth2
-            errors = list(self.app.request_validator.iter_errors(request))
-        report.request_errors += [describe(e) for e in errors]
+            errors = [describe(e) for e in self.app.request_validator.iter_errors(request)]
         content_type = _header(headers, "Content-Type") or ""
         if content_type.partition(";")[0].strip().lower() in FORM_TYPES and body:
-            report.request_errors += self._form_errors(request, content_type, body)
+            errors += self._form_errors(request, content_type, body)
+        return errors
 
     def _form_errors(self, request: Any, content_type: str, body: bytes) -> list[str]:
         from openapi_schema_validator import OAS31Validator
@@ -427,7 +495,7 @@ class SpecValidator:
         from openapi_core.templating.paths.finders import APICallPathFinder
 
         try:
-            found = APICallPathFinder(self.app.spec).find(method, f"{SPEC_HOST}{path}")
+            found = _finder(self.app, APICallPathFinder).find(method, f"{SPEC_HOST}{path}")
         except PathError:
             return None
         operation: dict[str, Any] = found.operation.read_value()

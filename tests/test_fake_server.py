@@ -720,7 +720,7 @@ async def test_garbage_next(fake: FakeEvEnergy, session: Any) -> None:
 
 
 async def test_latency(fake: FakeEvEnergy, session: Any) -> None:
-    fake.faults.latency = 0.5
+    fake.faults.latency = 0.2  # far longer than 20 turns of the loop, however slow
     held = asyncio.create_task(get(session, f"{fake.base_url}/users/me"))
     await until(lambda: fake.stats.faults["latency"] == 1)  # handled, answer held back
     for _ in range(20):

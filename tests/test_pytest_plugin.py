@@ -7,6 +7,11 @@ import pytest
 pytest_plugins = ["pytester"]
 
 
+# A run in a new process leaves out the plugins installed here that have nothing to do with
+# this one (loading hypothesis's and anyio's is most of such a run's start-up).
+UNRELATED = ("-p", "no:hypothesispytest", "-p", "no:anyio", "-p", "no:pytest_cov")
+
+
 @pytest.fixture
 def downstream(pytester: pytest.Pytester) -> pytest.Pytester:
     """A project with pytest-asyncio configured as its docs advise (strict mode)."""
@@ -107,7 +112,7 @@ def test_plugin_module_imports_nothing_heavy(downstream: pytest.Pytester) -> Non
             assert "aiohttp.web" not in sys.modules
         """
     )
-    result = downstream.runpytest_subprocess("-p", "no:cacheprovider")
+    result = downstream.runpytest_subprocess("-p", "no:cacheprovider", *UNRELATED)
     result.assert_outcomes(passed=1)
 
 
@@ -133,7 +138,9 @@ def test_without_pytest_asyncio_the_fixtures_say_so(
             assert "evenergy_async.testing._fake" not in sys.modules
         """
     )
-    result = downstream.runpytest_subprocess("-p", "no:asyncio", "-p", "no:cacheprovider")
+    result = downstream.runpytest_subprocess(
+        "-p", "no:asyncio", "-p", "no:cacheprovider", *UNRELATED
+    )
     result.assert_outcomes(passed=1, errors=2)
     result.stdout.fnmatch_lines(
         [

@@ -37,7 +37,10 @@ from evenergy_async._redis import (
 from evenergy_async.errors import InvalidRequest, RateLimited, TransportError
 from evenergy_async.models import RateLimit
 
-pytest.importorskip("redis", reason="redis-py is not installed (pip install evenergy-async[redis])")
+redis = pytest.importorskip(
+    "redis", reason="redis-py is not installed (pip install evenergy-async[redis])"
+)
+import redis.asyncio as redis_asyncio  # noqa: E402
 
 W = 100.0  # the window of the tests on the fake clock
 LONG_POLL = 600.0  # a waiter woken before this was woken by a message, not by polling
@@ -344,10 +347,43 @@ OPS = st.one_of(
 )
 
 
-async def _differential(url: str, ops: list[tuple[Any, ...]]) -> None:
+class _AnsweredAtOnce(redis_asyncio.Redis):
+    """A `redis.asyncio.Redis` whose commands go through a blocking client.
+
+    The differential test makes some 20 000 script calls, one after another, each answered
+    at once; awaiting each on a socket only adds the event loop's work to every call.  The
+    scripts, their keys and arguments, and the parsing of their answers are the limiter's own.
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__()  # its own connection pool is never used
+        self.blocking = redis.Redis.from_url(url)
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        return self.blocking.execute_command(*args, **options)
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        self.blocking.close()
+        await super().aclose(close_connection_pool)
+
+
+@pytest.fixture(scope="module")
+def differential(redis_url: str) -> Iterator[Callable[[list[tuple[Any, ...]]], None]]:
+    """Run a sequence through `_differential` on one event loop and one Redis connection
+    shared by every example (a fresh budget key each time)."""
+    loop = asyncio.new_event_loop()
+    shared = _AnsweredAtOnce(redis_url)
+    try:
+        yield lambda ops: loop.run_until_complete(_differential(shared, ops))
+    finally:
+        loop.run_until_complete(shared.aclose())
+        loop.close()
+
+
+async def _differential(client: redis_asyncio.Redis, ops: list[tuple[Any, ...]]) -> None:
     clock = FakeClock(1000.0)
     lua = RedisRateLimiter(
-        url,
+        client,
         key=uuid.uuid4().hex,
         window=W,
         reservation_ttl=1e6,  # WindowState has no reservations to expire
@@ -447,9 +483,11 @@ async def _differential(url: str, ops: list[tuple[Any, ...]]) -> None:
         ("estimate", 3),
     ]
 )
-def test_lua_and_windowstate_agree(redis_url: str, ops: list[tuple[Any, ...]]) -> None:
+def test_lua_and_windowstate_agree(
+    differential: Callable[[list[tuple[Any, ...]]], None], ops: list[tuple[Any, ...]]
+) -> None:
     """Grants, waits, estimates, 429 pauses and failed probes: the same for any sequence."""
-    asyncio.run(_differential(redis_url, ops))
+    differential(ops)
 
 
 # --- the fleet --------------------------------------------------------------------------
@@ -476,14 +514,17 @@ class SlidingLog:
 
 
 async def test_two_workers_share_one_budget_and_never_exceed_it(limiters: Factory) -> None:
-    # Real time (Redis TIME) against a server counting by the same rule: counts only.
-    server = SlidingLog(limit=10, window=0.5)
-    workers = [limiters(window=0.5, clock=None, poll_interval=5.0) for _ in range(2)]
-    stop = time.monotonic() + 1.1  # two rollovers of the window
+    # Real time (Redis TIME) against a server counting by the same rule: counts only.  25
+    # requests at 10 per window need two rollovers of it, however fast or slow the machine.
+    server = SlidingLog(limit=10, window=0.2)
+    workers = [limiters(window=0.2, clock=None, poll_interval=5.0) for _ in range(2)]
+    wanted, claimed = 25, 0
     rng = random.Random(7)
 
     async def task(limiter: RedisRateLimiter) -> None:
-        while time.monotonic() < stop:
+        nonlocal claimed
+        while claimed < wanted:
+            claimed += 1  # before the wait for a token: exactly `wanted` requests go out
             ticket = await limiter.acquire()
             status, remaining = server.arrive()
             await asyncio.sleep(rng.uniform(0.001, 0.02))  # the response travels back
@@ -491,9 +532,8 @@ async def test_two_workers_share_one_budget_and_never_exceed_it(limiters: Factor
 
     await within(30, asyncio.gather(*(task(w) for w in workers for _ in range(6))))
     assert server.refused == 0
-    # the first window alone holds 10, however slow the machine
-    assert server.accepted >= 10
-    assert sum(w.stats.granted for w in workers) == server.accepted
+    assert server.accepted == wanted
+    assert sum(w.stats.granted for w in workers) == wanted
 
 
 async def test_older_waiters_go_first_and_a_dead_waiter_is_dropped(
@@ -771,13 +811,21 @@ async def fake_api(**kw: object) -> AsyncIterator[object]:
 
 
 async def run_fleet(
-    fake: object, limiters: Factory, workers: int, tasks: int, seconds: float, window: float
+    fake: object,
+    limiters: Factory,
+    workers: int,
+    tasks: int,
+    calls: int,
+    window: float,
+    after: Callable[[int], None] = lambda done: None,
 ) -> tuple[int, list[BaseException]]:
+    """`workers` clients sharing one Redis budget make `calls` calls in all from `tasks` tasks
+    each (in real time: the fake API counts on it); `after(done)` runs after each call."""
     clients = [
         ev.Client(
             token=fake.token,  # type: ignore[attr-defined]
             base_url=fake.base_url,  # type: ignore[attr-defined]
-            limiter=limiters(  # real time: the fake API counts on it
+            limiter=limiters(
                 key="t-" + fake.base_url,  # type: ignore[attr-defined]
                 window=window,
                 clock=None,
@@ -787,13 +835,13 @@ async def run_fleet(
         )
         for _ in range(workers)
     ]
-    stop = time.monotonic() + seconds
-    done = 0
+    claimed = done = 0
     errors: list[BaseException] = []
 
     async def task(client: ev.Client, i: int) -> None:
-        nonlocal done
-        while time.monotonic() < stop:
+        nonlocal claimed, done
+        while claimed < calls:
+            claimed += 1  # before the call waits for budget: exactly `calls` calls are made
             try:
                 user = await client.users.get(fake.user_id(i % 50))  # type: ignore[attr-defined]
             except ev.EvEnergyError as exc:
@@ -801,11 +849,10 @@ async def run_fleet(
                 return
             assert user.id
             done += 1
+            after(done)
 
     try:
-        await within(
-            seconds + 10, asyncio.gather(*(task(c, i) for c in clients for i in range(tasks)))
-        )
+        await within(30, asyncio.gather(*(task(c, i) for c in clients for i in range(tasks))))
     finally:
         for c in clients:
             await c.close()
@@ -813,37 +860,39 @@ async def run_fleet(
 
 
 async def test_clients_of_a_fleet_spend_one_budget_without_429(limiters: Factory) -> None:
-    async with fake_api(rate_limit=20, rate_window=1.0) as fake:
-        # a run over one rollover of the window: the budget spent and given back once
-        done, errors = await run_fleet(fake, limiters, workers=2, tasks=6, seconds=1.3, window=1.0)
+    async with fake_api(rate_limit=20, rate_window=0.3) as fake:
+        # a budget and a half: spent, given back and spent again, without a 429
+        done, errors = await run_fleet(fake, limiters, workers=2, tasks=6, calls=30, window=0.3)
         assert errors == []
         assert fake.stats.rate_limited == 0  # type: ignore[attr-defined]
-        assert done >= 20  # the first window's budget, however slow the machine
+        assert done == 30
 
 
 async def test_one_429_pauses_the_whole_fleet(limiters: Factory) -> None:
-    async with fake_api(rate_limit=20, rate_window=1.0) as fake:
+    async with fake_api(rate_limit=20, rate_window=0.3) as fake:
         fake.consume(20)  # type: ignore[attr-defined]  # another consumer spent everything
-        done, errors = await run_fleet(fake, limiters, workers=2, tasks=4, seconds=1.6, window=1.0)
+        done, errors = await run_fleet(fake, limiters, workers=2, tasks=4, calls=8, window=0.3)
         assert errors == []
         # the probe got the only 429; every other task waited for Retry-After
         assert fake.stats.rate_limited == 1  # type: ignore[attr-defined]
-        assert done > 0
+        assert done == 8
 
 
 async def test_an_outside_consumer_mid_run_fails_no_call(limiters: Factory) -> None:
-    async with fake_api(rate_limit=20, rate_window=1.0) as fake:
+    async with fake_api(rate_limit=20, rate_window=0.3) as fake:
+        spent: list[int] = []
 
-        async def outsider() -> None:
-            await asyncio.sleep(0.5)
-            fake.consume(8)  # type: ignore[attr-defined]
+        def outsider(done: int) -> None:  # spends 8 of the budget once 10 calls are done
+            if done == 10:
+                spent.append(fake.consume(8))  # type: ignore[attr-defined]
 
-        spend = asyncio.create_task(outsider())
-        done, errors = await run_fleet(fake, limiters, workers=2, tasks=4, seconds=1.3, window=1.0)
-        await spend
+        done, errors = await run_fleet(
+            fake, limiters, workers=2, tasks=4, calls=30, window=0.3, after=outsider
+        )
+        assert spent and spent[0] > 0  # the budget was shared while the calls ran
         assert errors == []
         assert fake.stats.rate_limited <= 8  # type: ignore[attr-defined]
-        assert done >= 12  # the first window's budget left by the outsider
+        assert done == 30
 
 
 def test_the_scripts_ship_as_package_data() -> None:

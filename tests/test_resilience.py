@@ -66,8 +66,8 @@ async def test_throughput_tracks_the_rate_limit_in_real_time(spec_check):
 
 async def test_outside_consumer_sharing_the_budget_never_fails_a_call(spec_check):
     async with (
-        FakeEvEnergy(users=10, rate_limit=20, rate_window=1.0, on_exchange=spec_check) as fake,
-        ev.Client(token=fake.token, base_url=fake.base_url, rate_limit_window=1.0) as client,
+        FakeEvEnergy(users=10, rate_limit=20, rate_window=0.5, on_exchange=spec_check) as fake,
+        ev.Client(token=fake.token, base_url=fake.base_url, rate_limit_window=0.5) as client,
     ):
         me = await client.users.get("me")
         stop = asyncio.Event()
@@ -77,7 +77,7 @@ async def test_outside_consumer_sharing_the_budget_never_fails_a_call(spec_check
             nonlocal spent
             while not stop.is_set():
                 spent += fake.consume(1)
-                await asyncio.sleep(0.1)  # 10 of every window's 20
+                await asyncio.sleep(0.05)  # 10 of every window's 20
 
         spender = asyncio.create_task(outsider())
         results = await asyncio.gather(*(client.users.get(me.id) for _ in range(40)))
@@ -189,10 +189,10 @@ async def test_cancellation_anywhere_leaves_the_client_whole(spec_check):
 
     rng = random.Random(5)
     async with FakeEvEnergy(
-        users=50, rate_limit=40, rate_window=0.5, on_exchange=spec_check
+        users=50, rate_limit=40, rate_window=0.25, on_exchange=spec_check
     ) as fake:
         fake.faults.latency = 0.005
-        async with ev.Client(token=fake.token, base_url=fake.base_url, rate_limit_window=0.5) as c:
+        async with ev.Client(token=fake.token, base_url=fake.base_url, rate_limit_window=0.25) as c:
             me = await c.users.get("me")
 
             async def stream() -> None:

@@ -831,14 +831,16 @@ async def _two_shards(
 
 
 async def test_two_shards_sharing_an_in_process_limiter_never_overspend() -> None:
-    async with FakeEvEnergy(users=150, rate_limit=15, rate_window=1.0) as fake:
+    # 0.3 s windows: the run spans a few of them (counts only: the limiter counts a request
+    # from its answer, the fake from its arrival, so no speed of the machine makes a 429)
+    async with FakeEvEnergy(users=150, rate_limit=15, rate_window=0.3) as fake:
         async with ev.Client(token=fake.token, base_url=fake.base_url) as client:
             exported = await _export(client)
             before = await _state(client)
         records = _scenario(exported, identical=10, changed=12, new=6)
         fake.reset_rate_limit()
-        shared = ev.RateLimiter(1.0)
-        outcomes = await _two_shards(fake, records, (shared, shared), 1.0)
+        shared = ev.RateLimiter(0.3)
+        outcomes = await _two_shards(fake, records, (shared, shared), 0.3)
         assert sorted(o.index for o in outcomes) == list(range(len(records)))
         assert Counter(o.action for o in outcomes) == {"unchanged": 10, "updated": 12, "created": 6}
         assert fake.stats.rate_limited == 0  # one budget, never overspent
@@ -862,17 +864,17 @@ def redis_url() -> Iterator[str]:
 
 
 async def test_two_shards_sharing_a_redis_budget(redis_url: str) -> None:
-    async with FakeEvEnergy(users=150, rate_limit=15, rate_window=1.0) as fake:
+    async with FakeEvEnergy(users=150, rate_limit=15, rate_window=0.3) as fake:
         async with ev.Client(token=fake.token, base_url=fake.base_url) as client:
             records = _scenario(await _export(client), identical=10, changed=12, new=6)
         fake.reset_rate_limit()
         key = uuid.uuid4().hex
         limiters = (
-            ev.RedisRateLimiter(redis_url, key=key, window=1.0),
-            ev.RedisRateLimiter(redis_url, key=key, window=1.0),
+            ev.RedisRateLimiter(redis_url, key=key, window=0.3),
+            ev.RedisRateLimiter(redis_url, key=key, window=0.3),
         )
         try:
-            outcomes = await _two_shards(fake, records, limiters, 1.0)
+            outcomes = await _two_shards(fake, records, limiters, 0.3)
         finally:
             for limiter in limiters:
                 await limiter.aclose()

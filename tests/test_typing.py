@@ -1,6 +1,8 @@
 """What a type checker sees: the README's code samples and the public types pass `mypy --strict`.
 
-One mypy run checks every snippet (a few seconds once its cache is warm).  A line expected
+One mypy run checks every snippet: seconds on a fresh clone, less once its cache is warm, so
+tests/conftest.py starts it in the background as soon as the tests to run are known, and the
+tests here wait for its report.  A line expected
 to be refused carries a ``# type: ignore[code]``: strict mode reports an ignore that is not
 needed, so the refusal is checked too.
 """
@@ -9,8 +11,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -82,24 +86,66 @@ def readme_snippets() -> list[str]:
     return snippets
 
 
+class MypyRun:
+    """One `mypy --strict` run over every snippet, in the background until `report()`."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="evenergy-snippets-"))
+        self.files = []
+        for i, code in enumerate([PUBLIC_TYPES, *readme_snippets()]):
+            path = self.folder / f"snippet_{i}.py"
+            path.write_text(code)
+            self.files.append(path)
+        # a file, not a pipe: nobody reads the output until the run is over
+        self.log = (self.folder / "mypy.log").open("w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(CACHE),
+             *map(str, self.files)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=self.folder,
+            env={**os.environ, "MYPYPATH": str(ROOT)},
+        )  # fmt: skip
+
+    def report(self) -> tuple[int, str, list[Path]]:
+        """Wait for mypy (a bound on a hang only); its exit status, output and the files."""
+        try:
+            status = self.process.wait(timeout=600)
+            self.log.seek(0)
+            return status, self.log.read(), self.files
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_run: MypyRun | None = None
+
+
+def start_mypy() -> MypyRun:
+    """Start the run (once).  tests/conftest.py calls this as soon as the tests to run are
+    known, so mypy (seconds on a fresh clone, before its cache is warm) checks on a spare core
+    while the rest of the suite runs, instead of holding the suite up when this module runs."""
+    global _run
+    if _run is None:
+        _run = MypyRun()
+    return _run
+
+
+def stop_mypy() -> None:
+    """End a run nobody waited for (the session stopped before this module ran)."""
+    if _run is not None:
+        _run.stop()
+
+
 @pytest.fixture(scope="module")
-def mypy_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, list[Path]]:
-    folder = tmp_path_factory.mktemp("snippets")
-    files = []
-    for i, code in enumerate([PUBLIC_TYPES, *readme_snippets()]):
-        path = folder / f"snippet_{i}.py"
-        path.write_text(code)
-        files.append(path)
-    env = {**os.environ, "MYPYPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(CACHE), *map(str, files)],
-        capture_output=True,
-        text=True,
-        cwd=folder,
-        env=env,
-        timeout=600,
-    )
-    return result.returncode, result.stdout + result.stderr, files
+def mypy_report() -> tuple[int, str, list[Path]]:
+    return start_mypy().report()
 
 
 def test_readme_has_python_samples() -> None:
