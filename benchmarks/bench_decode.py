@@ -55,8 +55,10 @@ def default_cattrs(detailed_validation: bool = True) -> cattrs.Converter:
     """A stock converter, taught only what no converter can guess about these classes."""
     converter = cattrs.Converter(detailed_validation=detailed_validation)
     converter.register_structure_hook(datetime, lambda value, _: datetime.fromisoformat(value))
+    # A relation field's type is a Ref class (`refs.ref_to`), or Ref[X] in a user's own model.
     converter.register_structure_hook_func(
-        lambda t: t is Ref or get_origin(t) is Ref, lambda value, _: Ref(value)
+        lambda t: (isinstance(t, type) and issubclass(t, Ref)) or get_origin(t) is Ref,
+        lambda value, t: (t if isinstance(t, type) else Ref)(value),
     )
 
     def has_unset(t: Any) -> bool:
