@@ -129,6 +129,7 @@ def steps(server: ServerInfo, user_id: str) -> None:
     response_headers, body, url = asyncio.run(_one_response(server, user_id))
     client = ev.Client(token=server.token, base_url=server.base_url)
     users = client.users
+    codec = _convert.Codec(client._ctx)
     session = client._session
     rate = _sansio.rate_limit_from_headers(response_headers, time.time())
     state = WindowState(3600.0)
@@ -153,8 +154,8 @@ def steps(server: ServerInfo, user_id: str) -> None:
         ("Response(...) (attrs frozen)", lambda: Response(200, response_headers, body, url)),
         ("decode_json (msgspec, to dicts)", lambda: _sansio.decode_json(body)),
         (
-            "_convert.decode(body, User, client._ctx)",
-            lambda: _convert.decode(body, User, client._ctx),
+            "Codec.decode(body, User) (the collection's codec, as users.get)",
+            lambda: codec.decode(body, User),
         ),
         ("context.remember([])", lambda: client._ctx.remember([])),
     ]

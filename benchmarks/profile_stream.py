@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import operator
 import sys
 import time
 import timeit
@@ -134,6 +135,15 @@ class PlainLocation:
     state: str | UnsetType | None = UNSET
     evse_site: str | UnsetType | None = UNSET
     current_carbon_intensity_grams_per_kilowatt_hour: int | UnsetType | None = UNSET
+
+
+# Preset for msgspec as `Location` is (see evenergy_async/models.py).
+setattr(PlainLocation, "_preset", object.__setattr__)  # noqa: B010
+setattr(  # noqa: B010
+    PlainLocation,
+    "__attrs_pre_init__",
+    operator.methodcaller("_preset", "current_carbon_intensity_grams_per_kilowatt_hour", UNSET),
+)
 
 
 @attrs.frozen(kw_only=True)
