@@ -88,8 +88,11 @@ _STOP_BACKGROUND = pytest.StashKey[Callable[[], None]]()
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the type check of tests/test_typing.py as soon as the tests to run are known: it
-    runs on a spare core while the rest of the suite runs, and its tests wait for its report."""
-    if session.config.option.collectonly:
+    runs on a spare core while the rest of the suite runs, and its tests wait for its report.
+
+    Not in a pytest-xdist worker: every worker collects every test but runs only its share,
+    and the other workers already keep the cores busy; there the typing tests start it."""
+    if session.config.option.collectonly or hasattr(session.config, "workerinput"):
         return
     for item in session.items:
         module = getattr(item, "module", None)
