@@ -404,37 +404,43 @@ async def test_token_endpoint_failure_keeps_no_secret_in_its_chain():
     assert_no_secret(info.value, "TOP-SECRET-42", basic)
 
 
+class WaitingLimiter(RecordingLimiter):
+    """Each acquire takes the next of `waits` seconds, on the test's clock."""
+
+    def __init__(self, clock: Clock, *waits: float) -> None:
+        super().__init__()
+        self.clock = clock
+        self.waits = iter(waits)
+
+    async def acquire(self, max_wait: float | None = None) -> int:
+        self.clock.now += next(self.waits)
+        return await super().acquire(max_wait)
+
+
+def budget_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "for budget" in r.getMessage()]
+
+
 async def test_budget_granted_at_once_is_not_logged_and_a_short_wait_is(caplog):
     clock = Clock()
-    waits = iter([0.001, 0.5])  # granted at once (if slowly), then a real wait
-
-    class Limiter(RecordingLimiter):
-        async def acquire(self, max_wait: float | None = None) -> int:
-            clock.now += next(waits)
-            return await super().acquire(max_wait)
-
+    # Granted at once (if slowly), then a real wait.
+    limiter = WaitingLimiter(clock, 0.001, 0.5)
     transport = MockTransport()
     transport.get(USER_URL, payload=user_json(), repeat=True)
-    async with make(transport, clock, limiter=Limiter()) as c:
+    async with make(transport, clock, limiter=limiter) as c:
         with caplog.at_level(logging.DEBUG, logger="evenergy_async"):
             await c.users.get(UID)
-            assert not [r for r in caplog.records if "for budget" in r.getMessage()]
+            assert not budget_logs(caplog)
             await c.users.get(UID)
-    [debug] = [r for r in caplog.records if "for budget" in r.getMessage()]
+    [debug] = budget_logs(caplog)
     assert debug.levelno == logging.DEBUG and "waited 0.50 s for budget" in debug.getMessage()
 
 
 async def test_a_long_wait_for_budget_is_a_warning(caplog):
     clock = Clock()
-
-    class SlowLimiter(RecordingLimiter):
-        async def acquire(self, max_wait: float | None = None) -> int:
-            clock.now += 6.0  # six seconds of waiting for budget, on the test's clock
-            return await super().acquire(max_wait)
-
     transport = MockTransport()
     transport.get(USER_URL, payload=user_json(), repeat=True)
-    async with make(transport, clock, limiter=SlowLimiter()) as c:
+    async with make(transport, clock, limiter=WaitingLimiter(clock, 6.0)) as c:
         with caplog.at_level(logging.DEBUG, logger="evenergy_async"):
             await c.users.get(UID)
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
