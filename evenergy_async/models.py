@@ -111,9 +111,9 @@ class Location:
 
 
 # msgspec fills a field the JSON left out only after asking the object for it, which raises
-# (and builds) an AttributeError: a quarter of a microsecond per location, as lists never send
-# this field.  So msgspec, and only msgspec (attrs' __init__ was made before this), sets it
-# to UNSET as it makes each location, in C, before the JSON's own fields.
+# (and builds) an AttributeError: for every location of a list, as lists never send this
+# field.  So msgspec, and only msgspec (attrs' __init__ was made before this), sets it to
+# UNSET as it makes each location, in C, before the JSON's own fields.
 setattr(Location, "_preset", object.__setattr__)  # noqa: B010 (bypasses the frozen check)
 setattr(  # noqa: B010
     Location,
