@@ -16,7 +16,13 @@ from .errors import InvalidRequest
 from .models import UNSET, LatLong, Location, UnsetType
 from .refs import Ref
 
-__all__ = ["CLEARED_LOCATION", "form_fields", "location_body", "user_body"]
+__all__ = [
+    "CLEARED_LOCATION",
+    "WRITABLE_LOCATION_FIELDS",
+    "form_fields",
+    "location_body",
+    "user_body",
+]
 
 # Location fields whose non-null value brings in the spec's address rule, and the fields the
 # rule then requires (the Location schema's dependentSchemas).
@@ -91,19 +97,22 @@ def _check_address_rule(wire: Mapping[str, Any], field: str) -> None:
         )
 
 
+# The API's writable location fields, in the order of `Location`'s (and of a sync record's).
+WRITABLE_LOCATION_FIELDS = (
+    "address_1",
+    "address_2",
+    "postal_code",
+    "country_code",
+    "coordinates",
+    "tariff",
+    "city",
+    "state",
+    "evse_site",
+)
+
 # What `update(default_location=None)` sends: the API has no null location, so clearing the
 # location means clearing each of its writable fields.
-CLEARED_LOCATION = Location(
-    address_1=None,
-    address_2=None,
-    postal_code=None,
-    country_code=None,
-    coordinates=None,
-    tariff=None,
-    city=None,
-    state=None,
-    evse_site=None,
-)
+CLEARED_LOCATION = Location(**dict.fromkeys(WRITABLE_LOCATION_FIELDS, None))
 
 
 def user_body(

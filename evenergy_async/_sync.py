@@ -55,17 +55,7 @@ __all__ = [
 ]
 
 # The API's writable location fields, in the order a Record keeps them.
-LOCATION_FIELDS = (
-    "address_1",
-    "address_2",
-    "postal_code",
-    "country_code",
-    "coordinates",
-    "tariff",
-    "city",
-    "state",
-    "evse_site",
-)
+LOCATION_FIELDS = b.WRITABLE_LOCATION_FIELDS
 _ADDRESS_TRIGGERS = frozenset(
     {"address_1", "address_2", "city", "state", "postal_code", "country_code", "coordinates"}
 )
