@@ -35,6 +35,8 @@ from _server import ServerInfo, fake_server
 
 import evenergy_async as ev
 
+Stream = Callable[[ServerInfo, int, int], Coroutine[Any, Any, int]]
+
 
 async def floor(server: ServerInfo, users: int, page_size: int) -> int:
     count = 0
@@ -88,52 +90,36 @@ async def httpx_pydantic(server: ServerInfo, users: int, page_size: int) -> int:
     return count
 
 
-async def aiohttp_pydantic(server: ServerInfo, users: int, page_size: int) -> int:
-    count = 0
-    email = tariff = None
-    url: str | None = f"{server.base_url}/users?page_size={page_size}"
-    async with aiohttp.ClientSession(headers=headers(server.token)) as session:
-        while url is not None:
-            async with session.get(url) as resp:
-                resp.raise_for_status()
-                body = await resp.read()
-                link = resp.headers.get("Link")
-            for u in pyd_users.validate_json(body):
-                email = u.email
-                tariff = u.default_location.tariff  # type: ignore[union-attr]
-                count += 1
-            url = next_link(link)
-    assert isinstance(email, str) and tariff is not None
-    return count
+def aiohttp_typed(decode_page: Callable[[bytes], Any]) -> Stream:
+    """Raw aiohttp, one page at a time along `Link`, each page decoded by `decode_page`."""
 
+    async def stream(server: ServerInfo, users: int, page_size: int) -> int:
+        count = 0
+        email = tariff = None
+        url: str | None = f"{server.base_url}/users?page_size={page_size}"
+        async with aiohttp.ClientSession(headers=headers(server.token)) as session:
+            while url is not None:
+                async with session.get(url) as resp:
+                    resp.raise_for_status()
+                    body = await resp.read()
+                    link = resp.headers.get("Link")
+                for u in decode_page(body):
+                    email = u.email
+                    tariff = u.default_location.tariff
+                    count += 1
+                url = next_link(link)
+        assert isinstance(email, str) and tariff is not None
+        return count
 
-async def aiohttp_structs(server: ServerInfo, users: int, page_size: int) -> int:
-    count = 0
-    email = tariff = None
-    url: str | None = f"{server.base_url}/users?page_size={page_size}"
-    async with aiohttp.ClientSession(headers=headers(server.token)) as session:
-        while url is not None:
-            async with session.get(url) as resp:
-                resp.raise_for_status()
-                body = await resp.read()
-                link = resp.headers.get("Link")
-            for u in ms_users.decode(body):
-                email = u.email
-                tariff = u.default_location.tariff  # type: ignore[union-attr]
-                count += 1
-            url = next_link(link)
-    assert isinstance(email, str) and tariff is not None
-    return count
+    return stream
 
-
-Stream = Callable[[ServerInfo, int, int], Coroutine[Any, Any, int]]
 
 CONTENDERS: dict[str, Stream] = {
     "floor: aiohttp + orjson dicts": floor,
     "evenergy_async (attrs)": ours,
     "httpx + pydantic v2": httpx_pydantic,
-    "aiohttp + pydantic v2": aiohttp_pydantic,
-    "aiohttp + msgspec Structs (ceiling)": aiohttp_structs,
+    "aiohttp + pydantic v2": aiohttp_typed(pyd_users.validate_json),
+    "aiohttp + msgspec Structs (ceiling)": aiohttp_typed(ms_users.decode),
 }
 FLOOR = "floor: aiohttp + orjson dicts"
 

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import operator
 import sys
 import time
 import timeit
@@ -40,7 +39,7 @@ from bench_stream import floor, ours
 from msgspec import UNSET, UnsetType
 
 from evenergy_async import User, _convert
-from evenergy_async.models import AwareDatetime, CountryCode, LatLong
+from evenergy_async.models import AwareDatetime, CountryCode, LatLong, preset_unset_on_decode
 
 
 class GCClock:
@@ -137,13 +136,8 @@ class PlainLocation:
     current_carbon_intensity_grams_per_kilowatt_hour: int | UnsetType | None = UNSET
 
 
-# Preset for msgspec as `Location` is (see evenergy_async/models.py).
-setattr(PlainLocation, "_preset", object.__setattr__)  # noqa: B010
-setattr(  # noqa: B010
-    PlainLocation,
-    "__attrs_pre_init__",
-    operator.methodcaller("_preset", "current_carbon_intensity_grams_per_kilowatt_hour", UNSET),
-)
+# Preset for msgspec as `Location` is.
+preset_unset_on_decode(PlainLocation, "current_carbon_intensity_grams_per_kilowatt_hour")
 
 
 @attrs.frozen(kw_only=True)

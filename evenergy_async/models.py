@@ -110,16 +110,19 @@ class Location:
     current_carbon_intensity_grams_per_kilowatt_hour: int | UnsetType | None = UNSET
 
 
-# msgspec fills a field the JSON left out only after asking the object for it, which raises
-# (and builds) an AttributeError: for every location of a list, as lists never send this
-# field.  So msgspec, and only msgspec (attrs' __init__ was made before this), sets it to
-# UNSET as it makes each location, in C, before the JSON's own fields.
-setattr(Location, "_preset", object.__setattr__)  # noqa: B010 (bypasses the frozen check)
-setattr(  # noqa: B010
-    Location,
-    "__attrs_pre_init__",
-    operator.methodcaller("_preset", "current_carbon_intensity_grams_per_kilowatt_hour", UNSET),
-)
+def preset_unset_on_decode(cls: type[Any], field: str) -> None:
+    """Have msgspec, and only msgspec, set `field` of each `cls` it decodes to UNSET first.
+
+    msgspec fills a field the JSON left out only after asking the object for it, which raises
+    (and builds) an AttributeError each time: for a field responses usually leave out, setting
+    it first, in C, is cheaper.  attrs' __init__ was made with the class, so it is unaffected.
+    """
+    setattr(cls, "_preset", object.__setattr__)  # noqa: B010 (bypasses the frozen check)
+    setattr(cls, "__attrs_pre_init__", operator.methodcaller("_preset", field, UNSET))  # noqa: B010
+
+
+# Lists never send it.
+preset_unset_on_decode(Location, "current_carbon_intensity_grams_per_kilowatt_hour")
 
 
 @attrs.frozen(kw_only=True)
