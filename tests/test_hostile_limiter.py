@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import payloads
 import pytest
 from aiohttp import web
+from servers import serve_app
 
 import evenergy_async as ev
 from evenergy_async import _ratelimit
@@ -55,17 +56,12 @@ async def hostile(answer: Handler) -> AsyncIterator[Hostile]:
     server = Hostile(answer)
     app = web.Application()
     app.router.add_get("/v2/users/{id}", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    server.base_url = f"http://127.0.0.1:{port}/v2"
-    try:
-        yield server
-    finally:
-        server.release.set()
-        await runner.cleanup()
+    async with serve_app(app) as origin:
+        server.base_url = f"{origin}/v2"
+        try:
+            yield server
+        finally:
+            server.release.set()  # so its handlers return before the server stops
 
 
 def user(base_url: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import payloads
 import pytest
 from aiohttp import web
 from leaks import assert_no_secret
+from servers import serve_app
 
 import evenergy_async as ev
 
@@ -41,15 +42,8 @@ async def serve(routes: dict[tuple[str, str], Handler]) -> AsyncIterator[str]:
     app = web.Application()
     for (method, path), handler in routes.items():
         app.router.add_route(method, path, handler)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/v2"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as origin:
+        yield f"{origin}/v2"
 
 
 @contextlib.asynccontextmanager

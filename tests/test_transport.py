@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from servers import serve_app
 from yarl import URL
 
 import evenergy_async as ev
@@ -40,15 +41,8 @@ async def server() -> AsyncIterator[URL]:
     app = web.Application()
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/redirect", redirect)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield URL(f"http://127.0.0.1:{port}")
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as origin:
+        yield URL(origin)
 
 
 def request(method: str, url: URL, body: bytes | None = None, **headers: str) -> Request:
