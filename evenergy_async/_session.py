@@ -483,7 +483,8 @@ def query_pairs(params: Mapping[str, Any]) -> list[tuple[str, str]]:
         if value is None:
             continue
         if isinstance(value, list | tuple):
-            pairs.extend((key, str(v)) for v in value)
+            for item in value:  # none for an empty list: the parameter is left out
+                pairs.append((key, str(item)))
         elif isinstance(value, bool):
             pairs.append((key, "true" if value else "false"))
         else:

@@ -53,7 +53,8 @@ def check_page_number(value: object, field: str = "page") -> int:
 def check_expand(value: object, allowed: frozenset[str], field: str = "expand") -> tuple[str, ...]:
     """A tuple of known expansion paths; a single string is one path."""
     values = (value,) if isinstance(value, str) else value
-    if not isinstance(values, Iterable):
+    # The common shapes first: the check against the Iterable ABC is slow, and runs per call.
+    if not isinstance(values, tuple | list) and not isinstance(values, Iterable):
         raise InvalidRequest(field, f"expected a sequence of strings, got {value!r}")
     result: list[str] = []
     for item in values:

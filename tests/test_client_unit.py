@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 import msgspec
 import pytest
 from virtual_time import virtual
+from yarl import URL
 
 import evenergy_async as ev
 from evenergy_async._policy import Request
@@ -231,6 +232,24 @@ async def test_users_get(mocked, client):
     assert user.id == UID
     assert user.default_location.tariff.url == f"{B}/tariffs/{TID}"
     assert not user.default_location.tariff.resolved
+
+
+@pytest.mark.parametrize(
+    "base", ["https://api.example.com:8443/some%20where/v2", "http://127.0.0.1:8080/v2/"]
+)
+async def test_a_resource_url_is_the_collection_url_joined_with_the_id(mocked, base):
+    async with make_client(mocked, SECRET_TOKEN, base_url=base) as c:
+        root = URL(base.rstrip("/"))
+        for url in (root / "users" / UID, root / "users" / "me", root / "tariffs" / TID):
+            mocked.get(url, payload=user_json() if "users" in url.path else tariff_json())
+        await c.users.get(UID)
+        await c.users.get("me")
+        await c.tariffs.get(TID)
+    assert [str(r.url) for r in mocked.requests] == [
+        str(root / "users" / UID),
+        str(root / "users" / "me"),
+        str(root / "tariffs" / TID),
+    ]
 
 
 async def test_users_get_me_with_expand_primes_cache(mocked, client):
