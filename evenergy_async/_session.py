@@ -418,13 +418,16 @@ class Session:
         await limiter.record(ticket, rate, response.status)
         return response, token
 
-    async def _bounded(self, waiting: Awaitable[T], state: CallState, what: str) -> T:
-        """`waiting`, given up (`TransportError`) when the call's deadline runs out."""
+    def _bounded(self, waiting: Awaitable[T], state: CallState, what: str) -> Awaitable[T]:
+        """`waiting`, given up (`TransportError`) when the call's deadline runs out; without a
+        deadline, `waiting` itself (no coroutine around it on every call)."""
         if state.deadline is None:
-            return await waiting
-        left = state.deadline - self.clock()
+            return waiting
+        return self._until(state.deadline, waiting, what)
+
+    async def _until(self, deadline: float, waiting: Awaitable[T], what: str) -> T:
         try:
-            return await asyncio.wait_for(waiting, max(left, 0.0))
+            return await asyncio.wait_for(waiting, max(deadline - self.clock(), 0.0))
         except asyncio.TimeoutError:
             pass
         raise TransportError(f"timed out: the call's deadline ran out waiting for {what}")
