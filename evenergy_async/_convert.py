@@ -69,6 +69,7 @@ class Codec:
         # would be a reference cycle that only the garbage collector frees.
         expanded_ref = weakref.WeakMethod(self._expanded_ref)
         ref_any = _REF_ANY
+        new = object.__new__
 
         # Called for every relation of every user (about 2.6 times per user): a closure over
         # locals, as cheap as a Python call gets.  The models' only custom types are the Ref
@@ -77,7 +78,13 @@ class Codec:
         def hook(tp: Any, obj: Any) -> Any:
             if type(obj) is str:
                 if tp is ref_any:  # vehicles, evses: a URL of each user's own, nothing to share
-                    return ref_any(obj, _MISSING, resolver)
+                    # Ref.__init__ inlined (tests/test_convert.py holds them equal): its Python
+                    # frame is most of what the Ref costs, and there are 1-2 per user.
+                    ref = new(ref_any)
+                    ref.url = obj
+                    ref._value = _MISSING
+                    ref._resolver = resolver
+                    return ref
                 ref = shared.get(obj)
                 if ref is None or ref.__class__ is not tp:
                     if len(shared) >= _MAX_SHARED_REFS:

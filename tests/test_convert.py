@@ -27,7 +27,7 @@ from evenergy_async.models import (
     Tariff,
     User,
 )
-from evenergy_async.refs import Ref
+from evenergy_async.refs import Ref, ref_to
 
 API = "https://api.ev.energy/v2"
 UID = "user01HN2NJ9NMRZBXT1H6FT9N7735"
@@ -252,6 +252,22 @@ async def test_decoded_refs_resolve_through_the_resolver():
     assert tariff_ref.resolved
     assert await tariff_ref.resolve() is value
     assert resolver.asked == [f"{API}/tariffs/{TID}"]  # once
+
+
+async def test_a_decoded_vehicle_ref_is_the_ref_its_constructor_makes():
+    # The decoder builds these Refs without Ref.__init__: every slot must match.
+    resolver = FakeResolver()
+    data = user_json()
+    data["vehicles"] = [f"{API}/vehicles/vhcl{0:026d}"]
+    user, _ = decode(data, User, resolver)
+    (decoded,) = user.vehicles
+    made = ref_to(Any)(data["vehicles"][0], resolver=resolver)
+    assert type(decoded) is type(made)
+    for slot in Ref.__slots__:
+        assert getattr(decoded, slot) == getattr(made, slot), slot
+    assert not decoded.resolved
+    assert await decoded == {"resolved": data["vehicles"][0]}
+    assert resolver.asked == [data["vehicles"][0]]
 
 
 async def test_await_ref_is_resolve():
