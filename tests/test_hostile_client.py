@@ -18,7 +18,7 @@ import aiohttp
 import msgspec
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from servers import serve_app
 
 import evenergy_async as ev
 
@@ -79,13 +79,9 @@ async def serve(handler: Handler) -> AsyncIterator[Server]:
     server = Server(handler)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", server.handle)
-    test_server = TestServer(app, host="127.0.0.1")
-    await test_server.start_server()
-    server.base = str(test_server.make_url("/v2"))
-    try:
+    async with serve_app(app) as origin:
+        server.base = f"{origin}/v2"
         yield server
-    finally:
-        await test_server.close()
 
 
 def client_for(server: Server, **kwargs: Any) -> ev.Client:
