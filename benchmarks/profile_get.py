@@ -145,7 +145,7 @@ def steps(server: ServerInfo, user_id: str) -> None:
     table: list[tuple[str, Any]] = [
         ("check_id", lambda: _validate.check_id(user_id, _validate.USER_ID, "user_id", me=True)),
         ("check_expand(())", lambda: _validate.check_expand((), _validate.USER_EXPANSIONS)),
-        ("Collection._url (yarl /, /)", lambda: users._url(user_id)),
+        ("Collection._url (one id)", lambda: users._url(user_id)),
         ("merge_params(url, {'expand': ()})", lambda: merge_params(user_url, {"expand": ()})),
         ("Session.check_origin", lambda: session.check_origin(user_url, "request to")),
         ("request_headers", lambda: _sansio.request_headers(server.token, None)),
