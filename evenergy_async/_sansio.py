@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from .errors import APIError, InvalidResponse, RateLimited, status_error
 from .models import RateLimit
@@ -174,14 +174,24 @@ def retry_after(headers: Mapping[str, str], now: float) -> float | None:
     return parse_retry_after(value, now)
 
 
-def rate_limit_from_headers(headers: Mapping[str, str], now: float) -> RateLimit | None:
+# Looked up on every response: case-insensitive keys made once (a plain `str` key is folded on
+# each lookup).
+_LIMIT = istr("X-RateLimit-Limit")
+_REMAINING = istr("X-RateLimit-Remaining")
+
+
+def rate_limit_from_headers(
+    headers: Mapping[str, str], status: int, now: float
+) -> RateLimit | None:
     """The rate-limit snapshot in a response's headers, or None if it carries none.
 
-    `now` is seconds since the epoch (for an HTTP-date Retry-After).
+    Retry-After is read for an error status only: on a success it means nothing (RFC 9110
+    section 10.2.3 gives it for 3xx, 429 and 503).  `now` is seconds since the epoch (for an
+    HTTP-date Retry-After).
     """
-    limit = parse_count(headers.get("X-RateLimit-Limit"))
-    remaining = parse_count(headers.get("X-RateLimit-Remaining"))
-    wait = retry_after(headers, now)
+    limit = parse_count(headers.get(_LIMIT))
+    remaining = parse_count(headers.get(_REMAINING))
+    wait = retry_after(headers, now) if status >= 400 else None
     if limit is None and remaining is None and wait is None:
         return None
     if limit is not None and remaining is not None and remaining > limit:

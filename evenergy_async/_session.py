@@ -49,6 +49,7 @@ from ._policy import (
 )
 from ._ratelimit import RateLimiterProtocol
 from ._transport import AiohttpTransport, Transport
+from ._urls import refusal_of
 from .errors import (
     ClientClosed,
     EvEnergyError,
@@ -132,6 +133,7 @@ class Session:
     ) -> None:
         self.base_url = base_url
         self.origin = base_url.origin()
+        self._scheme, self._authority = self.origin.scheme, self.origin.raw_authority
         self.transport: Transport = transport if transport is not None else AiohttpTransport(http)
         self.auth = make_auth(self.post_form)
         self.limiter = limiter
@@ -217,10 +219,13 @@ class Session:
 
     def check_origin(self, url: URL, what: str) -> URL:
         """Refuse any URL outside the API's origin: the token must not leave for another host."""
-        if not url.is_absolute() or url.origin() != self.origin:
-            raise EvEnergyError(
-                f"refusing {what} {str(url)!r}: not on the client's origin {str(self.origin)!r}"
-            )
+        if url.raw_authority == self._authority and url.scheme == self._scheme:
+            # The origin's own authority, letter for letter (it has no userinfo): the same
+            # host and port.  A third of the cost of the whole check, on every request.
+            return url
+        refusal = refusal_of(url, self.origin)
+        if refusal is not None:
+            raise EvEnergyError(f"refusing {what} {str(url)!r}: {refusal}")
         return url
 
     async def request(
@@ -412,7 +417,7 @@ class Session:
         if key is None:  # a status outside 100-599 (aiohttp passes any three digits)
             key = f"{response.status // 100}xx"
         by_status[key] = by_status.get(key, 0) + 1
-        rate = _sansio.rate_limit_from_headers(response.headers, self.wall_clock())
+        rate = _sansio.rate_limit_from_headers(response.headers, response.status, self.wall_clock())
         if rate is not None:
             self.rate_limit = rate
         await limiter.record(ticket, rate, response.status)

@@ -39,7 +39,7 @@ def same_origin(
             return url
         if base is not None:
             url = base.join(url)
-        refusal = _refusal(url, origin)
+        refusal = refusal_of(url, origin)
     except (TypeError, ValueError) as exc:  # yarl: a bad port, a broken IPv6 literal, ...
         refusal = f"not a valid URL ({exc})"
     if refusal is None:
@@ -52,7 +52,9 @@ def same_origin(
     raise InvalidRequest(field, message)
 
 
-def _refusal(url: URL, origin: URL) -> str | None:
+def refusal_of(url: URL, origin: URL) -> str | None:
+    """Why the client must not send to `url`, or None if it may: another origin than `origin`,
+    or userinfo (which would travel with the request)."""
     if not url.is_absolute() or url.scheme not in ("http", "https"):
         return "not an absolute http(s) URL"
     if url.raw_user is not None or url.raw_password is not None:

@@ -332,43 +332,46 @@ def test_retry_after_http_date_header():
 
 def test_rate_limit_from_headers():
     headers = CIMultiDict({"x-ratelimit-limit": "1000", "X-RateLimit-Remaining": "998"})
-    assert rate_limit_from_headers(headers, NOW) == RateLimit(1000, 998, None)
+    assert rate_limit_from_headers(headers, 200, NOW) == RateLimit(1000, 998, None)
 
 
 def test_rate_limit_from_headers_with_retry_after():
     headers = CIMultiDict(
         {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0", "RetryAfter": "30"}
     )
-    assert rate_limit_from_headers(headers, NOW) == RateLimit(10, 0, 30.0)
+    assert rate_limit_from_headers(headers, 429, NOW) == RateLimit(10, 0, 30.0)
+    assert rate_limit_from_headers(headers, 503, NOW) == RateLimit(10, 0, 30.0)
+    # On a success Retry-After means nothing (RFC 9110 section 10.2.3): not read.
+    assert rate_limit_from_headers(headers, 200, NOW) == RateLimit(10, 0, None)
 
 
 def test_rate_limit_from_headers_none_without_headers():
-    assert rate_limit_from_headers(CIMultiDict({"Content-Type": "application/json"}), NOW) is None
+    assert rate_limit_from_headers(CIMultiDict({"Content-Type": "application/json"}), 429, NOW) is None
 
 
 def test_rate_limit_from_headers_garbage_values():
     headers = CIMultiDict(
         {"X-RateLimit-Limit": "lots", "X-RateLimit-Remaining": "-3", "Retry-After": "later"}
     )
-    assert rate_limit_from_headers(headers, NOW) is None
+    assert rate_limit_from_headers(headers, 429, NOW) is None
 
 
 def test_rate_limit_from_headers_partially_garbage():
     headers = CIMultiDict({"X-RateLimit-Limit": "lots", "X-RateLimit-Remaining": "7"})
-    assert rate_limit_from_headers(headers, NOW) == RateLimit(None, 7, None)
+    assert rate_limit_from_headers(headers, 200, NOW) == RateLimit(None, 7, None)
     headers = CIMultiDict({"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "1.5"})
-    assert rate_limit_from_headers(headers, NOW) == RateLimit(100, None, None)
+    assert rate_limit_from_headers(headers, 200, NOW) == RateLimit(100, None, None)
 
 
 def test_rate_limit_remaining_clamped_to_limit():
     headers = CIMultiDict({"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "25"})
-    assert rate_limit_from_headers(headers, NOW) == RateLimit(10, 10, None)
+    assert rate_limit_from_headers(headers, 200, NOW) == RateLimit(10, 10, None)
 
 
 def test_rate_limit_only_retry_after():
-    assert rate_limit_from_headers(CIMultiDict({"Retry-After": "2"}), NOW) == RateLimit(
-        None, None, 2.0
-    )
+    headers = CIMultiDict({"Retry-After": "2"})
+    assert rate_limit_from_headers(headers, 429, NOW) == RateLimit(None, None, 2.0)
+    assert rate_limit_from_headers(headers, 200, NOW) is None
 
 
 # --- problem details (RFC 9457) -----------------------------------------------------------------

@@ -12,6 +12,7 @@ import msgspec
 import payloads
 import pytest
 from leaks import assert_no_secret
+from yarl import URL
 
 import evenergy_async as ev
 from evenergy_async._policy import Request, SendError
@@ -445,3 +446,37 @@ async def test_a_long_wait_for_budget_is_a_warning(caplog):
             await c.users.get(UID)
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "waited 6.0 s for budget" in warning.getMessage()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        USER_URL,
+        f"{ORIGIN}/",
+        f"{ORIGIN}:443/v2/users/me",  # the default port written out
+        "https://API.example.test/v2/users/me",  # a host is case-insensitive
+        "HTTPS://api.example.test/v2/users/me",
+    ],
+)
+async def test_the_session_sends_to_its_own_origin(url):
+    async with make(MockTransport()) as client:
+        assert client._session.check_origin(URL(url), "request to") == URL(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://api.example.test/v2/users/me",  # another scheme
+        "https://api.example.test:8443/v2/users/me",  # another port
+        "https://api.example.test.evil/v2/users/me",
+        "https://api.example.test@evil.test/v2/users/me",
+        "https://user@api.example.test/v2/users/me",  # userinfo would travel with it
+        "/v2/users/me",  # relative
+    ],
+)
+async def test_the_session_refuses_any_other_origin_unsent(url):
+    transport = MockTransport()
+    async with make(transport) as client:
+        with pytest.raises(ev.EvEnergyError, match="refusing request to"):
+            await client._ctx.request("GET", URL(url))
+    assert transport.requests == []

@@ -118,7 +118,9 @@ class Collection:
         return URL(self._resource_prefix + "/".join(ids), encoded=True)
 
     async def _get(self, url: URL, cls: type[T], params: Mapping[str, Any] | None = None) -> T:
-        response = await self._ctx.request("GET", merge_params(url, params or {}))
+        if params:
+            url = merge_params(url, params)
+        response = await self._ctx.request("GET", url)
         return self._decode(response, cls)
 
     def _decode(self, response: Response, cls: type[T]) -> T:

@@ -130,7 +130,9 @@ class Users(Collection):
         """One user (with LocationDetail); ``"me"`` is the authenticated or acting user."""
         user_id = v.check_id(user_id, v.USER_ID, "user_id", me=True)
         expansions = v.check_expand(expand, v.USER_EXPANSIONS)
-        return await self._get(self._url(user_id), User, {"expand": expansions})
+        return await self._get(
+            self._url(user_id), User, {"expand": expansions} if expansions else None
+        )
 
     async def create(
         self,
