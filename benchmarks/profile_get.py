@@ -131,7 +131,7 @@ def steps(server: ServerInfo, user_id: str) -> None:
     users = client.users
     codec = _convert.Codec(client._ctx)
     session = client._session
-    rate = _sansio.rate_limit_from_headers(response_headers, time.time())
+    rate = _sansio.rate_limit_from_headers(response_headers, 200, time.time())
     state = WindowState(3600.0)
     state.on_response(state.try_acquire(0.0), 0.0, rate, 200)  # learn the budget
     for _ in range(63):  # 63 others in flight, as with 64 workers
@@ -150,7 +150,10 @@ def steps(server: ServerInfo, user_id: str) -> None:
         ("Session.check_origin", lambda: session.check_origin(user_url, "request to")),
         ("request_headers", lambda: _sansio.request_headers(server.token, None)),
         ("limiter state: try_acquire + on_response (64 in flight)", limiter_round),
-        ("rate_limit_from_headers", lambda: _sansio.rate_limit_from_headers(response_headers, 0.0)),
+        (
+            "rate_limit_from_headers",
+            lambda: _sansio.rate_limit_from_headers(response_headers, 200, 0.0),
+        ),
         ("Response(...) (attrs frozen)", lambda: Response(200, response_headers, body, url)),
         ("decode_json (msgspec, to dicts)", lambda: _sansio.decode_json(body)),
         (
