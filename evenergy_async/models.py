@@ -245,7 +245,7 @@ class RateLimit:
     """The rate-limit state the latest response reported.
 
     `limit` is the budget per rolling window, `remaining` what is left of it, `retry_after`
-    the seconds to wait (429 responses only).  Each is None when the header was absent or
+    the seconds to wait (an error response's: a 429, a 503).  Each is None when the header was absent or
     unreadable.  Read from a response by `_sansio.rate_limit_from_headers`.
     """
 
