@@ -245,8 +245,8 @@ class RateLimit:
     """The rate-limit state the latest response reported.
 
     `limit` is the budget per rolling window, `remaining` what is left of it, `retry_after`
-    the seconds to wait (an error response's: a 429, a 503).  Each is None when the header was absent or
-    unreadable.  Read from a response by `_sansio.rate_limit_from_headers`.
+    the seconds to wait (an error response's: a 429, a 503).  Each is None when the header
+    was absent or unreadable.  Read from a response by `_sansio.rate_limit_from_headers`.
     """
 
     limit: int | None

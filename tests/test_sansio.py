@@ -346,7 +346,9 @@ def test_rate_limit_from_headers_with_retry_after():
 
 
 def test_rate_limit_from_headers_none_without_headers():
-    assert rate_limit_from_headers(CIMultiDict({"Content-Type": "application/json"}), 429, NOW) is None
+    assert (
+        rate_limit_from_headers(CIMultiDict({"Content-Type": "application/json"}), 429, NOW) is None
+    )
 
 
 def test_rate_limit_from_headers_garbage_values():
