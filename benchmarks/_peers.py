@@ -1,21 +1,31 @@
-"""What the contenders share: pydantic v2 models and msgspec Structs of the same shape, a
-minimal Link parser, and the request headers every contender sends (auth and version, as the
+"""What the contenders share: pydantic v2 models and msgspec Structs of the same shape, our
+own models with some relations as plain strings (to measure what the Refs cost), a minimal
+Link parser, and the request headers every contender sends (auth and version, as the
 library does)."""
 
 from __future__ import annotations
 
 import re
+import typing
 from datetime import datetime
+from typing import Any
 
+import attrs
 import msgspec
 from msgspec import UNSET, UnsetType
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
+from evenergy_async import Location, User
+from evenergy_async.models import preset_unset_on_decode
+
 __all__ = [
     "MsUser",
+    "PlainLocation",
+    "PlainUser",
     "PydLatLong",
     "PydLocation",
     "PydUser",
+    "UrlListUser",
     "headers",
     "ms_users",
     "next_link",
@@ -143,3 +153,33 @@ def _self_test() -> None:
 
 
 _self_test()
+
+
+# --- our models, some relations as plain URL strings -----------------------------------------
+
+
+def variant(cls: type[Any], name: str, **types: Any) -> type[Any]:
+    """`cls` with the types of some fields replaced: the same fields, defaults and checks
+    otherwise, so decoding it measures only what the replaced types cost."""
+    hints = typing.get_type_hints(cls, include_extras=True) | types
+    fields = {f.name: attrs.field(default=f.default, kw_only=True) for f in attrs.fields(cls)}
+    model: type[Any] = attrs.make_class(name, fields, frozen=True, slots=True)
+    model.__annotations__ = {field: hints[field] for field in fields}  # msgspec reads these
+    return model
+
+
+PlainLocation = variant(
+    Location, "PlainLocation", tariff=str | UnsetType | None, evse_site=str | UnsetType | None
+)
+# Preset for msgspec as `Location` is.
+preset_unset_on_decode(PlainLocation, "current_carbon_intensity_grams_per_kilowatt_hour")
+# Every relation a plain string: what decoding into attrs costs before any Ref is made.
+PlainUser = variant(
+    User,
+    "PlainUser",
+    default_location=PlainLocation | UnsetType,
+    vehicles=tuple[str, ...],
+    evses=tuple[str, ...],
+)
+# The Refs of a user's own vehicles and EVSEs left out (its location's tariff is still a Ref).
+UrlListUser = variant(User, "UrlListUser", vehicles=tuple[str, ...], evses=tuple[str, ...])

@@ -5,6 +5,9 @@
 - evenergy_async decode_list:   ``Codec.decode_list(bytes, User)``, one codec for all pages as
                                 a stream has: msgspec, in C, into the frozen attrs models, Refs
                                 built by a hook
+- ... vehicles and evses as str: the same into a `User` whose `vehicles` and `evses` are URL
+                                strings rather than Refs (`_peers.UrlListUser`): a
+                                contract change measured, not made
 - msgspec Structs:              ``msgspec.json.Decoder(list[User]).decode(bytes)`` into
                                 Structs of the same shape, relations as strings (the ceiling)
 - pydantic validate_json:       ``TypeAdapter(list[User]).validate_json(bytes)``
@@ -31,7 +34,7 @@ import aiohttp
 import cattrs
 import orjson
 from _harness import print_table, run_rounds
-from _peers import headers, ms_users, next_link, pyd_users
+from _peers import UrlListUser, headers, ms_users, next_link, pyd_users
 from _server import fake_server
 
 from evenergy_async import UnsetType, User
@@ -94,10 +97,14 @@ def main() -> None:
     cattrs_fast = default_cattrs(detailed_validation=False)
     list_of_users = list[User]
     codec = Codec(None)  # one per stream, as `users.list()` has
+    url_lists = Codec(None)
 
     decoders: dict[str, Callable[[bytes], Any]] = {
         "orjson.loads (floor)": loads,
         "evenergy_async decode_list": lambda b: codec.decode_list(b, User)[0],
+        "evenergy_async, vehicles and evses as str": lambda b: url_lists.decode_list(
+            b, UrlListUser
+        )[0],
         "msgspec Structs (ceiling)": ms_users.decode,
         "pydantic validate_json": validate_json,
         "pydantic orjson + validate_python": lambda b: validate_python(loads(b)),

@@ -7,6 +7,9 @@ Variants, alternated in rounds like the benchmarks (µs per user, lower is bette
 - evenergy_async, no decode: the same with ``Codec.decode_list`` swapped for one that hands
                            back plain dicts: what the session, limiter, Link handling and
                            async generators cost on their own
+- evenergy_async, vehicles and evses as str: the same, decoding into a `User` whose
+                           `vehicles` and `evses` are URL strings rather than Refs (a
+                           contract change measured, not made)
 - ... gc off:              floor and client with the cyclic garbage collector disabled
 
 and for each, the time spent in the garbage collector per user (``gc.callbacks``).  Then,
@@ -27,20 +30,17 @@ import gc
 import sys
 import time
 import timeit
-import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import attrs
 import orjson
 from _harness import print_table, run_rounds_multi
+from _peers import UrlListUser
 from _server import ServerInfo, fake_server
 from bench_decode import fetch_bodies
 from bench_stream import floor, ours
-from msgspec import UnsetType
 
-from evenergy_async import Location, User, _convert
-from evenergy_async.models import preset_unset_on_decode
+from evenergy_async import User, _convert
 
 
 class GCClock:
@@ -95,6 +95,23 @@ async def ours_dicts(server: ServerInfo, users: int, page_size: int) -> int:
     return count
 
 
+@contextlib.contextmanager
+def url_lists() -> Iterator[None]:
+    """Make `users.list()` decode into `UrlListUser` (vehicles and evses as URL strings)."""
+    from evenergy_async.resources import users
+
+    users.User = UrlListUser  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        users.User = User  # type: ignore[misc]
+
+
+async def ours_url_lists(server: ServerInfo, users: int, page_size: int) -> int:
+    with url_lists():
+        return await ours(server, users, page_size)
+
+
 def per_user(stream: Any, server: ServerInfo, users: int, page_size: int, gc_on: bool):
     """Wall µs, client CPU µs and garbage-collector µs, per user."""
 
@@ -121,37 +138,10 @@ def per_user(stream: Any, server: ServerInfo, users: int, page_size: int, gc_on:
     return measure
 
 
-def variant(cls: type[Any], name: str, **types: Any) -> type[Any]:
-    """`cls` with the types of some fields replaced: the same fields, defaults and checks
-    otherwise, so decoding it measures only what the replaced types cost."""
-    hints = typing.get_type_hints(cls, include_extras=True) | types
-    fields = {f.name: attrs.field(default=f.default, kw_only=True) for f in attrs.fields(cls)}
-    model: type[Any] = attrs.make_class(name, fields, frozen=True, slots=True)
-    model.__annotations__ = {field: hints[field] for field in fields}  # msgspec reads these
-    return model
-
-
-PlainLocation = variant(
-    Location, "PlainLocation", tariff=str | UnsetType | None, evse_site=str | UnsetType | None
-)
-# Preset for msgspec as `Location` is.
-preset_unset_on_decode(PlainLocation, "current_carbon_intensity_grams_per_kilowatt_hour")
-# Every relation a plain string: what decoding into attrs costs before any Ref is made.
-PlainUser = variant(
-    User,
-    "PlainUser",
-    default_location=PlainLocation | UnsetType,
-    vehicles=tuple[str, ...],
-    evses=tuple[str, ...],
-)
-# The Refs of a user's own vehicles and EVSEs left out (its location's tariff is still a Ref).
-UrlListUser = variant(User, "UrlListUser", vehicles=tuple[str, ...], evses=tuple[str, ...])
-
-
 def decode_steps() -> list[tuple[str, Callable[[bytes], object]]]:
     """Decoders of one page body, from dicts to ours, each adding one part of the cost."""
     import msgspec
-    from _peers import ms_users
+    from _peers import PlainUser, ms_users
 
     from evenergy_async import _convert as c
     from evenergy_async.models import Prices
@@ -228,6 +218,7 @@ def main() -> None:
             "floor: aiohttp + orjson dicts": (floor, True),
             "evenergy_async": (ours, True),
             "evenergy_async, decode → dicts": (ours_dicts, True),
+            "evenergy_async, vehicles and evses as str": (ours_url_lists, True),
             "floor, gc off": (floor, False),
             "evenergy_async, gc off": (ours, False),
         }
