@@ -1,4 +1,5 @@
-"""What a type checker sees: the README's code samples and the public types pass `mypy --strict`.
+"""What a type checker sees: the README's code samples and the public types pass `mypy --strict`
+and pyright's strict mode.
 
 One mypy run checks every snippet: seconds on a fresh clone, less once its cache is warm, so
 tests/conftest.py starts it in the background as soon as the tests to run are known, and the
@@ -9,6 +10,8 @@ needed, so the refusal is checked too.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import shutil
@@ -163,3 +166,36 @@ def test_readme_samples_pass_mypy_strict(mypy_report: tuple[int, str, list[Path]
     status, output, _ = mypy_report
     assert status == 0, output
     assert "Success: no issues found" in output
+
+
+# pyright's checker, from basedpyright: the same engine with node and its JavaScript inside
+# the wheels, so nothing is downloaded when it runs (the `pyright` wrapper fetches pyright from
+# npm on first use).  Strict, and a `# type: ignore` that is not needed is an error, as in mypy.
+PYRIGHT_CONFIG = {
+    "typeCheckingMode": "strict",
+    "reportUnnecessaryTypeIgnoreComment": "error",
+    # The samples assign values to show their types, and list fields in expressions of their
+    # own to show them.
+    "reportUnusedVariable": "none",
+    "reportUnusedExpression": "none",
+}
+
+
+def test_public_types_and_readme_samples_pass_pyright_strict(tmp_path: Path) -> None:
+    if importlib.util.find_spec("basedpyright") is None:
+        pytest.skip("basedpyright is not installed (the `test` extra has it)")
+    files = []
+    for i, code in enumerate([PUBLIC_TYPES, *readme_snippets()]):
+        path = tmp_path / f"snippet_{i}.py"
+        path.write_text(code)
+        files.append(path.name)
+    (tmp_path / "pyrightconfig.json").write_text(json.dumps(PYRIGHT_CONFIG))
+    result = subprocess.run(
+        [sys.executable, "-m", "basedpyright", "--pythonpath", sys.executable, *files],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,  # a bound on a hang only
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 errors" in result.stdout
