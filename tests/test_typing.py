@@ -89,16 +89,22 @@ def readme_snippets() -> list[str]:
     return snippets
 
 
+def write_snippets(folder: Path) -> list[Path]:
+    """The public types' check and every README sample, one file each, in `folder`."""
+    files = []
+    for i, code in enumerate([PUBLIC_TYPES, *readme_snippets()]):
+        path = folder / f"snippet_{i}.py"
+        path.write_text(code)
+        files.append(path)
+    return files
+
+
 class MypyRun:
     """One `mypy --strict` run over every snippet, in the background until `report()`."""
 
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="evenergy-snippets-"))
-        self.files = []
-        for i, code in enumerate([PUBLIC_TYPES, *readme_snippets()]):
-            path = self.folder / f"snippet_{i}.py"
-            path.write_text(code)
-            self.files.append(path)
+        self.files = write_snippets(self.folder)
         # a file, not a pipe: nobody reads the output until the run is over
         self.log = (self.folder / "mypy.log").open("w+")
         self.process = subprocess.Popen(
@@ -184,11 +190,7 @@ PYRIGHT_CONFIG = {
 def test_public_types_and_readme_samples_pass_pyright_strict(tmp_path: Path) -> None:
     if importlib.util.find_spec("basedpyright") is None:
         pytest.skip("basedpyright is not installed (the `test` extra has it)")
-    files = []
-    for i, code in enumerate([PUBLIC_TYPES, *readme_snippets()]):
-        path = tmp_path / f"snippet_{i}.py"
-        path.write_text(code)
-        files.append(path.name)
+    files = [path.name for path in write_snippets(tmp_path)]
     (tmp_path / "pyrightconfig.json").write_text(json.dumps(PYRIGHT_CONFIG))
     result = subprocess.run(
         [sys.executable, "-m", "basedpyright", "--pythonpath", sys.executable, *files],
